@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Build the lab's systemd base image with debootstrap and `docker import`.
+
+No container registry is reachable, so the image is made from Debian's own
+packages. The mirror is read from this machine's apt sources rather than
+written down here, and the result is cached by tag: a second run is a no-op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_TAG = "consul-platform/debian-systemd:bookworm"
+SUITE = "bookworm"
+# python3-apt: Ansible's apt module would otherwise install it on first use;
+# sudo: `become` needs it.
+PACKAGES = [
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "python3",
+    "python3-apt",
+    "sudo",
+    "iproute2",
+    "ca-certificates",
+    "procps",
+    "curl",
+    "unzip",
+]
+
+
+def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """Return the first Debian (non-security) mirror URI from apt's sources.
+
+    Reads both the one-line format (sources.list) and deb822 (*.sources).
+    """
+    files = [sources_dir / "sources.list"]
+    files += sorted((sources_dir / "sources.list.d").glob("*.list"))
+    files += sorted((sources_dir / "sources.list.d").glob("*.sources"))
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for uri in _uris(text, deb822=path.suffix == ".sources"):
+            if "security" not in uri and uri.startswith(("http://", "https://")):
+                return uri
+    raise SystemExit(
+        "build_base_image: no Debian mirror found in /etc/apt/sources.list{,.d}; "
+        "pass one with --mirror"
+    )
+
+
+def _uris(text: str, deb822: bool) -> list[str]:
+    if deb822:
+        return [u for line in text.splitlines()
+                if (m := re.match(r"^URIs:\s*(.+)$", line.strip()))
+                for u in m.group(1).split()]
+    uris = []
+    for line in text.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if parts and parts[0] == "deb":
+            rest = [p for p in parts[1:] if not p.startswith("[")]
+            if rest:
+                uris.append(rest[0])
+    return uris
+
+
+def image_exists(tag: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", tag],
+                          capture_output=True).returncode == 0
+
+
+def build(tag: str, mirror: str) -> None:
+    if shutil.which("debootstrap") is None:
+        raise SystemExit("build_base_image: debootstrap is missing; "
+                         "install it with `apt-get install -y debootstrap`")
+    with tempfile.TemporaryDirectory(prefix="consul-platform-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+             SUITE, str(rootfs), mirror],
+            check=True, stdout=subprocess.DEVNULL)
+        # Containers need no getty, and a fresh machine-id per container.
+        (rootfs / "etc/machine-id").write_text("")
+        for unit in ("getty@tty1.service", "console-getty.service"):
+            link = rootfs / "etc/systemd/system" / unit
+            link.unlink(missing_ok=True)
+            link.symlink_to("/dev/null")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."],
+                               stdout=subprocess.PIPE)
+        subprocess.run(["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]',
+                        "-", tag], stdin=tar.stdout, check=True,
+                       stdout=subprocess.DEVNULL)
+        if tar.wait() != 0:
+            raise SystemExit("build_base_image: tar of the root filesystem failed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tag", default=DEFAULT_TAG)
+    parser.add_argument("--mirror", help="Debian mirror (default: from apt sources)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = parser.parse_args(argv)
+    if image_exists(args.tag) and not args.force:
+        print(f"base image {args.tag}: cached")
+        return 0
+    mirror = args.mirror or apt_mirror()
+    print(f"base image {args.tag}: debootstrap {SUITE} from {mirror} ...", flush=True)
+    build(args.tag, mirror)
+    print(f"base image {args.tag}: built")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

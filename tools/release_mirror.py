@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Fill a local release mirror with the pinned binaries of files/releases.yml.
+
+The mirror is laid out exactly like the official download sites, so the roles
+use one download-and-verify path and only the base URL differs:
+
+  hashicorp: <product>/<v>/<product>_<v>_linux_amd64.zip + <product>_<v>_SHA256SUMS
+  github:    <product>/v<v>/<product>-v<v>.linux-amd64.tar.gz + ...-sha256sum.txt
+
+For each release: keep it when the cached archive matches its sums file;
+otherwise download and verify it when the official site is reachable;
+otherwise build the same pinned version from its Go module. Modules whose
+go.mod carries local `replace` directives (Consul, Dex) cannot be
+`go install`ed, so every build goes through a small wrapper module that
+requires the release and the released versions of its local sub-modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFEST = REPO / "files" / "releases.yml"
+# Fixed archive timestamps keep rebuilt archives byte-identical.
+ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
+TAR_EPOCH = 1577836800
+
+
+def cache_root() -> Path:
+    default = Path.home() / ".cache" / "consul-platform"
+    return Path(os.environ.get("CONSUL_PLATFORM_CACHE", default))
+
+
+@dataclass(frozen=True)
+class Release:
+    product: str
+    version: str
+    official_base: str
+    layout: str
+    go_module: str
+    go_package: str
+    binary: str
+    ldflags: str
+
+    @property
+    def rel_dir(self) -> str:
+        if self.layout == "hashicorp":
+            return f"{self.product}/{self.version}"
+        return f"{self.product}/v{self.version}"
+
+    @property
+    def archive(self) -> str:
+        if self.layout == "hashicorp":
+            return f"{self.product}_{self.version}_linux_amd64.zip"
+        return f"{self.product}-v{self.version}.linux-amd64.tar.gz"
+
+    @property
+    def sums(self) -> str:
+        if self.layout == "hashicorp":
+            return f"{self.product}_{self.version}_SHA256SUMS"
+        return f"{self.product}-v{self.version}.linux-amd64-sha256sum.txt"
+
+    @property
+    def official_dir_url(self) -> str:
+        if self.layout == "hashicorp":
+            return f"{self.official_base}/{self.rel_dir}"
+        return f"{self.official_base}/v{self.version}"
+
+
+def load_manifest(path: Path = MANIFEST) -> list[Release]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return [Release(product=name, **{k: str(v) for k, v in spec.items()})
+            for name, spec in data.items()]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expected_sum(sums_file: Path, archive: str) -> str | None:
+    if not sums_file.is_file():
+        return None
+    for line in sums_file.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == archive:
+            return parts[0]
+    return None
+
+
+def is_cached(rel: Release, mirror: Path) -> bool:
+    folder = mirror / rel.rel_dir
+    want = expected_sum(folder / rel.sums, rel.archive)
+    return want is not None and (folder / rel.archive).is_file() \
+        and sha256(folder / rel.archive) == want
+
+
+def official_reachable(rel: Release) -> bool:
+    host = urllib.parse.urlparse(rel.official_base).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def download_official(rel: Release, folder: Path) -> bool:
+    """Fetch archive and sums from the official site; True when verified."""
+    try:
+        for name in (rel.sums, rel.archive):
+            with urllib.request.urlopen(f"{rel.official_dir_url}/{name}", timeout=30) as resp:
+                (folder / f".{name}.part").write_bytes(resp.read())
+    except OSError as exc:
+        print(f"  official download failed ({exc}); building from source", flush=True)
+        return False
+    want = expected_sum(folder / f".{rel.sums}.part", rel.archive)
+    if want != sha256(folder / f".{rel.archive}.part"):
+        raise SystemExit(f"release_mirror: {rel.archive} from the official site "
+                         "does not match its SHA256SUMS")
+    for name in (rel.sums, rel.archive):
+        (folder / f".{name}.part").replace(folder / name)
+    return True
+
+
+def go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(["go", *args], cwd=cwd, env={**os.environ, **(env or {})},
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"release_mirror: go {' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def local_submodules(gomod: str) -> dict[str, str]:
+    """Modules that a go.mod replaces with local paths, at their required versions."""
+    local = set(re.findall(r"^\s*(\S+)(?:\s+v\S+)?\s+=>\s+\.{1,2}/", gomod, re.M))
+    required = dict(re.findall(r"^\s*(\S+)\s+(v\S+)(?:\s+//.*)?$", gomod, re.M))
+    return {mod: required[mod] for mod in sorted(local) if mod in required}
+
+
+def build_from_source(rel: Release, build_dir: Path) -> bytes:
+    """Build the release's binary through a wrapper module; return its bytes."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    version = f"v{rel.version}"
+    info = json.loads(go(["mod", "download", "-json", f"{rel.go_module}@{version}"], build_dir))
+    upstream_gomod = Path(info["GoMod"]).read_text(encoding="utf-8")
+    requires = {rel.go_module: version, **local_submodules(upstream_gomod)}
+    go_line = re.search(r"^go (\S+)", upstream_gomod, re.M)
+    lines = ["module consulplatform.local/build/" + rel.product, "",
+             f"go {go_line.group(1) if go_line else '1.22'}", "", "require ("]
+    lines += [f"\t{mod} {ver}" for mod, ver in requires.items()]
+    lines += [")", ""]
+    (build_dir / "go.mod").write_text("\n".join(lines), encoding="utf-8")
+    # The wrapper has no code of its own; this file only pins the main package.
+    (build_dir / "tools.go").write_text(
+        f'//go:build tools\n\npackage tools\n\nimport _ "{rel.go_package}"\n', encoding="utf-8")
+    go(["mod", "tidy"], build_dir)
+    out = build_dir / "out" / rel.binary
+    started = time.monotonic()
+    go(["build", "-trimpath", "-ldflags", f"-s -w {rel.ldflags}".strip(), "-o", str(out),
+        rel.go_package], build_dir, env={"CGO_ENABLED": "0"})
+    print(f"  built {rel.binary} in {time.monotonic() - started:.0f} s", flush=True)
+    return out.read_bytes()
+
+
+def pack(rel: Release, binary: bytes, folder: Path) -> None:
+    buffer = io.BytesIO()
+    if rel.layout == "hashicorp":
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            entry = zipfile.ZipInfo(rel.binary, date_time=ZIP_EPOCH)
+            entry.external_attr = 0o100755 << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(entry, binary)
+    else:
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            entry = tarfile.TarInfo(f"{rel.product}-v{rel.version}.linux-amd64/{rel.binary}")
+            entry.size, entry.mode, entry.mtime = len(binary), 0o755, TAR_EPOCH
+            archive.addfile(entry, io.BytesIO(binary))
+    (folder / rel.archive).write_bytes(buffer.getvalue())
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()
+    (folder / rel.sums).write_text(f"{digest}  {rel.archive}\n", encoding="utf-8")
+
+
+def ensure(rel: Release, mirror: Path, build_root: Path, offline: bool) -> str:
+    folder = mirror / rel.rel_dir
+    if is_cached(rel, mirror):
+        return "cached"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not offline and official_reachable(rel) and download_official(rel, folder):
+        return "downloaded"
+    pack(rel, build_from_source(rel, build_root / f"{rel.product}-{rel.version}"), folder)
+    return "built"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mirror", type=Path, default=cache_root() / "releases",
+                        help="mirror folder (default: %(default)s)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never try the official sites; build from source")
+    parser.add_argument("products", nargs="*", help="only these products")
+    args = parser.parse_args(argv)
+    releases = [r for r in load_manifest() if not args.products or r.product in args.products]
+    for rel in releases:
+        print(f"{rel.product} {rel.version}: ...", flush=True)
+        state = ensure(rel, args.mirror, cache_root() / "build", args.offline)
+        print(f"{rel.product} {rel.version}: {state} in {args.mirror / rel.rel_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
