@@ -9,6 +9,7 @@ written down here, and the result is cached by tag: a second run is a no-op.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -73,13 +74,22 @@ def _uris(text: str, deb822: bool) -> list[str]:
 
 def image_exists(tag: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", tag],
-                          capture_output=True).returncode == 0
+                          check=False, capture_output=True).returncode == 0
+
+
+def install_debootstrap() -> None:
+    if os.geteuid() != 0 or not Path("/etc/debian_version").is_file():
+        raise SystemExit("build_base_image: debootstrap is missing; install it "
+                         "(Debian: `apt-get install -y debootstrap`) and run this again")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
 
 
 def build(tag: str, mirror: str) -> None:
     if shutil.which("debootstrap") is None:
-        raise SystemExit("build_base_image: debootstrap is missing; "
-                         "install it with `apt-get install -y debootstrap`")
+        install_debootstrap()
     with tempfile.TemporaryDirectory(prefix="consul-platform-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         subprocess.run(

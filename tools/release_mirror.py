@@ -143,7 +143,7 @@ def download_official(rel: Release, folder: Path) -> bool:
 
 
 def go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(["go", *args], cwd=cwd, env={**os.environ, **(env or {})},
+    result = subprocess.run(["go", *args], check=False, cwd=cwd, env={**os.environ, **(env or {})},
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"release_mirror: go {' '.join(args)} failed:\n{result.stderr}")
@@ -152,8 +152,8 @@ def go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 
 def local_submodules(gomod: str) -> dict[str, str]:
     """Modules that a go.mod replaces with local paths, at their required versions."""
-    local = set(re.findall(r"^\s*(\S+)(?:\s+v\S+)?\s+=>\s+\.{1,2}/", gomod, re.M))
-    required = dict(re.findall(r"^\s*(\S+)\s+(v\S+)(?:\s+//.*)?$", gomod, re.M))
+    local = set(re.findall(r"^\s*(\S+)(?:\s+v\S+)?\s+=>\s+\.{1,2}/", gomod, re.MULTILINE))
+    required = dict(re.findall(r"^\s*(\S+)\s+(v\S+)(?:\s+//.*)?$", gomod, re.MULTILINE))
     return {mod: required[mod] for mod in sorted(local) if mod in required}
 
 
@@ -164,7 +164,7 @@ def build_from_source(rel: Release, build_dir: Path) -> bytes:
     info = json.loads(go(["mod", "download", "-json", f"{rel.go_module}@{version}"], build_dir))
     upstream_gomod = Path(info["GoMod"]).read_text(encoding="utf-8")
     requires = {rel.go_module: version, **local_submodules(upstream_gomod)}
-    go_line = re.search(r"^go (\S+)", upstream_gomod, re.M)
+    go_line = re.search(r"^go (\S+)", upstream_gomod, re.MULTILINE)
     lines = ["module consulplatform.local/build/" + rel.product, "",
              f"go {go_line.group(1) if go_line else '1.22'}", "", "require ("]
     lines += [f"\t{mod} {ver}" for mod, ver in requires.items()]

@@ -1,0 +1,98 @@
+"""Shared fixtures for the molecule testinfra suite.
+
+Molecule runs pytest with one `host` per inventory host; cluster-wide tests
+also need the other hosts, so `hosts` builds testinfra hosts for a group from
+molecule's own inventory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+RUNNER = AnsibleRunner(INVENTORY)
+CACHE = Path(os.environ["CONSUL_PLATFORM_CACHE"])
+RELEASES = Path(__file__).resolve().parents[3] / "files" / "releases.yml"
+
+
+def group(name: str) -> list[str]:
+    return sorted(RUNNER.get_hosts(name))
+
+
+def get_host(name: str):
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
+
+
+@pytest.fixture(scope="session")
+def servers():
+    return [get_host(name) for name in group("consul_servers")]
+
+
+@pytest.fixture(scope="session")
+def clients():
+    return [get_host(name) for name in group("consul_clients")]
+
+
+@pytest.fixture(scope="session")
+def consul_version() -> str:
+    # The pinned release; a unit test keeps the role default equal to it.
+    return yaml.safe_load(RELEASES.read_text(encoding="utf-8"))["consul"]["version"]
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    return CACHE / "releases"
+
+
+def consul_api(host, path: str, method: str = "GET", data: str | None = None):
+    """Call the agent's loopback HTTP API on `host`; return parsed JSON or text."""
+    cmd = f"curl -sS --fail-with-body -X {method} http://127.0.0.1:8500/v1/{path}"
+    if data is not None:
+        cmd += " --data-binary @-"
+        result = host.run(f"printf %s {_quote(data)} | {cmd}")
+    else:
+        result = host.run(cmd)
+    assert result.rc == 0, f"{method} /v1/{path} on {host.backend.host}: {result.stderr}{result.stdout}"
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return result.stdout
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+# A minimal DNS A query against the agent's DNS interface, in the host's own
+# python3, so the image needs no dig.
+_DNS_QUERY = """
+import socket, struct, sys
+name = sys.argv[1]
+query = b"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00"
+query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\x00\\x00\\x01\\x00\\x01"
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(3)
+sock.sendto(query, ("127.0.0.1", 8600))
+reply = sock.recv(4096)
+count = struct.unpack(">H", reply[6:8])[0]
+pos = len(query)
+for _ in range(count):
+    rtype, _, _, length = struct.unpack(">HHIH", reply[pos + 2:pos + 12])
+    if rtype == 1:
+        print(socket.inet_ntoa(reply[pos + 12:pos + 16]))
+    pos += 12 + length
+"""
+
+
+def dns_a_records(host, name: str) -> list[str]:
+    """A records that the agent on `host` answers for `name` on 127.0.0.1:8600."""
+    result = host.run(f"python3 -c {_quote(_DNS_QUERY)} {name}")
+    assert result.rc == 0, result.stderr
+    return sorted(result.stdout.split())

@@ -1,0 +1,58 @@
+"""site.yml stops on a wrong inventory before touching any host, with a
+message that names the variable and the fix.
+
+The inventories here point at docker containers that do not exist, so a play
+that tried to reach a host would fail with a connection error instead of the
+expected message."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ansible_playbook, write_inventory
+
+SERVERS = ["preflight-server-1", "preflight-server-2", "preflight-server-3"]
+CLIENTS = ["preflight-client-1"]
+UNREACHED = ("UNREACHABLE", "No such container", "Failed to connect")
+
+
+def run_site(tmp_path, servers=SERVERS, host_vars=None):
+    inventory = write_inventory(tmp_path / "hosts.yml", servers, CLIENTS, host_vars)
+    return ansible_playbook("-i", str(inventory), "site.yml")
+
+
+@pytest.mark.parametrize(("host_vars", "expected"), [
+    ({"consul_version": "latest"}, ["consul_version", "MAJOR.MINOR.PATCH"]),
+    ({"consul_version": "v1.21.0"}, ["consul_version", 'no leading "v"']),
+    ({"consul_datacenter": "DC 1"}, ["consul_datacenter", "lower-case letters"]),
+    ({"consul_install_method": "curl"}, ["consul_install_method", '"remote"', '"controller"']),
+], ids=["version-latest", "version-with-v", "datacenter", "install-method"])
+def test_bad_variable_is_named_with_its_fix(tmp_path, host_vars, expected):
+    result = run_site(tmp_path, host_vars=host_vars)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for text in expected:
+        assert text in output, output
+    assert not any(marker in output for marker in UNREACHED), output
+
+
+def test_no_servers_in_inventory(tmp_path):
+    result = run_site(tmp_path, servers=[])
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "consul_servers_group" in output and "has no hosts" in output, output
+    assert not any(marker in output for marker in UNREACHED), output
+
+
+def test_even_number_of_servers(tmp_path):
+    result = run_site(tmp_path, servers=SERVERS[:2])
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "has 2 servers" in output and "odd number" in output, output
+
+
+def test_good_inventory_passes_preflight(tmp_path):
+    # The control case: the same inventory, without a bad value, gets through
+    # the preflight play (which touches no host either).
+    inventory = write_inventory(tmp_path / "hosts.yml", SERVERS, CLIENTS)
+    result = ansible_playbook("-i", str(inventory), "playbooks/preflight.yml")
+    assert result.returncode == 0, result.stdout + result.stderr

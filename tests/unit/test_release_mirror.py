@@ -1,0 +1,69 @@
+"""The release mirror tool: apt source parsing, go.mod handling, layouts, pins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import build_base_image
+import release_mirror
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_mirror_from_deb822_sources(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n")
+    assert build_base_image.apt_mirror(tmp_path) == "http://mirror.example/debian"
+
+
+def test_mirror_from_one_line_sources(tmp_path):
+    (tmp_path / "sources.list").write_text(
+        "# comment\ndeb [arch=amd64] https://mirror.example/debian bookworm main\n")
+    assert build_base_image.apt_mirror(tmp_path) == "https://mirror.example/debian"
+
+
+def test_local_replaces_become_requirements():
+    gomod = """module github.com/hashicorp/consul
+replace (
+\tgithub.com/hashicorp/consul/api => ./api
+\tgithub.com/hashicorp/consul/sdk => ./sdk
+)
+replace github.com/other/mod v1.0.0 => github.com/fork/mod v1.0.1
+require (
+\tgithub.com/hashicorp/consul/api v1.31.2
+\tgithub.com/hashicorp/consul/sdk v0.16.1 // indirect
+\tgithub.com/other/mod v1.0.0
+)
+"""
+    assert release_mirror.local_submodules(gomod) == {
+        "github.com/hashicorp/consul/api": "v1.31.2",
+        "github.com/hashicorp/consul/sdk": "v0.16.1",
+    }
+
+
+def test_hashicorp_layout_names():
+    rel = next(r for r in release_mirror.load_manifest() if r.product == "consul")
+    assert rel.rel_dir == f"consul/{rel.version}"
+    assert rel.archive == f"consul_{rel.version}_linux_amd64.zip"
+    assert rel.sums == f"consul_{rel.version}_SHA256SUMS"
+
+
+def test_role_defaults_pin_the_mirrored_versions():
+    pins = {r.product: r.version for r in release_mirror.load_manifest()}
+    loader = type("DefaultsLoader", (yaml.SafeLoader,), {})
+    loader.add_constructor("!unsafe", lambda loader_, node: loader_.construct_scalar(node))
+    defaults = yaml.load((REPO / "roles/consul/defaults/main.yml").read_text(), Loader=loader)
+    assert defaults["consul_version"] == pins["consul"]
+
+
+def test_pack_then_verify_round_trip(tmp_path):
+    rel = next(r for r in release_mirror.load_manifest() if r.product == "consul")
+    folder = tmp_path / rel.rel_dir
+    folder.mkdir(parents=True)
+    release_mirror.pack(rel, b"#!/bin/sh\necho fake\n", folder)
+    assert release_mirror.is_cached(rel, tmp_path)
+    (folder / rel.archive).write_bytes(b"tampered")
+    assert not release_mirror.is_cached(rel, tmp_path)
