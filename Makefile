@@ -60,8 +60,14 @@ lab-status: ## Print the lab's cluster state and how to reach it
 lab-destroy: venv ## Remove the lab containers and network (keeps images and the mirror)
 	$(BIN)/ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/down.yml
 
+RESULTS := $(CURDIR)/.cache/test-results
+export TEST_RESULTS_DIR := $(RESULTS)
+
 .PHONY: test
-test: lint unit molecule ## The whole test suite: lint, unit, molecule
+test: ## The whole test suite: lint, unit, molecule (what .ci/run runs)
+	rm -rf $(RESULTS) && mkdir -p $(RESULTS)
+	$(MAKE) --no-print-directory lint unit molecule
+	$(BIN)/python tools/test_summary.py $(RESULTS)
 
 .PHONY: lint
 lint: venv ## yamllint, ansible-lint (production profile), syntax checks, ruff
@@ -74,7 +80,7 @@ lint: venv ## yamllint, ansible-lint (production profile), syntax checks, ruff
 
 .PHONY: unit
 unit: mirror ## Unit tests: templates under the real `consul validate`, preflight, tools
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit --junitxml=$(RESULTS)/unit.xml
 
 .PHONY: molecule
 molecule: image mirror ## Molecule: converge, idempotence, testinfra verify, failover

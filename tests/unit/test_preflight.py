@@ -56,3 +56,10 @@ def test_good_inventory_passes_preflight(tmp_path):
     inventory = write_inventory(tmp_path / "hosts.yml", SERVERS, CLIENTS)
     result = ansible_playbook("-i", str(inventory), "playbooks/preflight.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_example_inventories_pass_preflight(env):
+    # The commented examples stay consistent with the roles' rules.
+    result = ansible_playbook("-i", f"inventories/{env}", "playbooks/preflight.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
