@@ -1,17 +1,26 @@
 #!/usr/bin/env python3
-"""Print the lab's cluster state (members, raft peers and leader) and how to reach things."""
+"""Print the lab's cluster state (members, raft peers and leader) and how to reach things.
+
+The CLI needs a token under deny-by-default ACLs: the management token is read
+from the lab's secrets folder and handed to `consul` on standard input, so it
+never shows in a process list or a shell history.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 SERVER = "consul-server-1"
+TOKEN_FILE = Path(__file__).resolve().parent.parent / "inventories/lab/.secrets/consul_acl_bootstrap_token"
 
 
 def consul(*args: str) -> str:
-    result = subprocess.run(["docker", "exec", SERVER, "consul", *args],
-                            check=False, capture_output=True, text=True)
+    token = TOKEN_FILE.read_text(encoding="utf-8").strip() if TOKEN_FILE.is_file() else ""
+    script = 'CONSUL_HTTP_TOKEN=$(cat) exec consul "$@"'
+    result = subprocess.run(["docker", "exec", "-i", SERVER, "sh", "-c", script, "consul", *args],
+                            input=token, check=False, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"lab-status: `consul {' '.join(args)}` on {SERVER} failed: "
                          f"{result.stderr.strip() or result.stdout.strip()}\n"
@@ -27,9 +36,11 @@ def main() -> int:
     print(f"""
 == How to reach the lab
   A shell on a node:        docker exec -it {SERVER} bash
-  The CLI:                  docker exec {SERVER} consul members
-  KV:                       docker exec app-1 consul kv put python-web-service/greeting 'Hello Consul'
+  The CLI with the management token (ACLs deny by default):
+    docker exec -i {SERVER} sh -c 'CONSUL_HTTP_TOKEN=$(cat) consul members' \\
+      < inventories/lab/.secrets/consul_acl_bootstrap_token
   The HTTP API (loopback):  docker exec app-1 curl -s http://127.0.0.1:8500/v1/status/leader
+  Secrets of the lab:       inventories/lab/.secrets/ (git-ignored, mode 0600)
   Run the main job again:   .venv/bin/ansible-playbook -i inventories/lab site.yml
   Remove the lab:           make lab-destroy""")
     return 0

@@ -42,19 +42,24 @@ def test_rendered_config_is_valid(consul_bin, rendered, host):
 
 def test_server_gets_server_settings(rendered):
     files = sorted(p.name for p in (rendered / SERVERS[0]).iterdir())
-    assert files == ["consul.hcl", "logging.hcl", "server.hcl"]
+    assert files == ["acl.hcl", "consul.hcl", "gossip.hcl", "logging.hcl", "server.hcl", "tls"]
     server = (rendered / SERVERS[0] / "server.hcl").read_text()
     assert "bootstrap_expect = 3" in server
     assert "raft_multiplier = 1" in server
     common = (rendered / SERVERS[0] / "consul.hcl").read_text()
     assert '"unit-server-1", "unit-server-2", "unit-server-3"' in common
     assert 'client_addr = "127.0.0.1"' in common
+    assert "verify_server_hostname = true" in common
+    acl = (rendered / SERVERS[0] / "acl.hcl").read_text()
+    assert 'default_policy           = "deny"' in acl
 
 
 def test_client_gets_client_settings(rendered):
     files = sorted(p.name for p in (rendered / CLIENTS[0]).iterdir())
-    assert files == ["client.hcl", "consul.hcl", "logging.hcl"]
-    assert "server = false" in (rendered / CLIENTS[0] / "client.hcl").read_text()
+    assert files == ["acl.hcl", "client.hcl", "consul.hcl", "gossip.hcl", "logging.hcl", "tls"]
+    client = (rendered / CLIENTS[0] / "client.hcl").read_text()
+    assert "server = false" in client
+    assert "tls = true" in client  # auto_encrypt
     assert "enabled = false" in (rendered / CLIENTS[0] / "consul.hcl").read_text()
 
 

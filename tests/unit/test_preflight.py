@@ -63,3 +63,23 @@ def test_example_inventories_pass_preflight(env):
     # The commented examples stay consistent with the roles' rules.
     result = ansible_playbook("-i", f"inventories/{env}", "playbooks/preflight.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("host_vars", "expected"), [
+    ({"consul_gossip_key": "c2hvcnQ="}, ["consul_gossip_key", "not base64 of 32 bytes", "consul keygen"]),
+    ({"consul_gossip_key": ""}, ["consul_gossip_key", "is empty"]),
+    ({"consul_acl_bootstrap_token": ""}, ["consul_acl_bootstrap_token", "is empty", "vault"]),
+    ({"consul_acl_bootstrap_token": "not-a-uuid"}, ["consul_acl_bootstrap_token", "not a lower-case UUID"]),
+    ({"consul_tls_ca_key": "-----BEGIN EC PRIVATE KEY-----\nMHc=\n-----END EC PRIVATE KEY-----\n"},
+     ["consul_tls_ca_cert and consul_tls_ca_key go together"]),
+], ids=["gossip-short", "gossip-empty", "token-empty", "token-not-uuid", "ca-key-without-cert"])
+def test_bad_secret_is_named_and_not_printed(tmp_path, host_vars, expected):
+    result = run_site(tmp_path, host_vars=host_vars)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for text in expected:
+        assert text in output, output
+    assert not any(marker in output for marker in UNREACHED), output
+    for value in host_vars.values():
+        if len(value) > 8:
+            assert value.strip() not in output  # the bad value itself is not echoed

@@ -19,6 +19,8 @@ from testinfra.utils.ansible_runner import AnsibleRunner
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 RUNNER = AnsibleRunner(INVENTORY)
 CACHE = Path(os.environ["CONSUL_PLATFORM_CACHE"])
+SECRETS = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
+ANSIBLE_LOG = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.log"
 RELEASES = Path(__file__).resolve().parents[3] / "files" / "releases.yml"
 
 
@@ -51,19 +53,64 @@ def mirror() -> Path:
     return CACHE / "releases"
 
 
-def consul_api(host, path: str, method: str = "GET", data: str | None = None):
-    """Call the agent's loopback HTTP API on `host`; return parsed JSON or text."""
-    cmd = f"curl -sS --fail-with-body -X {method} http://127.0.0.1:8500/v1/{path}"
+def secret(name: str) -> str:
+    """A secret the run generated on the controller, by its path in the secrets folder."""
+    return (SECRETS / name).read_text(encoding="utf-8").strip()
+
+
+def token_secret(token: str) -> str:
+    if token == "management":
+        return secret("consul_acl_bootstrap_token")
+    return secret(f"consul_tokens/{token}")
+
+
+def write_private_file(host, path: str, content: str) -> None:
+    """Write a file on the host through the copy module, whose content
+    Ansible never logs (arguments as JSON, so nothing is templated)."""
+    args = json.dumps({"dest": path, "mode": "0600", "content": content})
+    host.ansible("ansible.builtin.copy", args, check=False)
+
+
+_HEADER_FILES: dict[tuple[str, str], str] = {}
+
+
+def _header_file(host, token: str) -> str:
+    """Put the token in a header file on the host, through the copy module
+    (whose content Ansible never logs), so no command line carries it."""
+    key = (host.backend.host, token)
+    if key not in _HEADER_FILES:
+        path = f"/root/.consul-test-{token}.header"
+        host.ansible("ansible.builtin.copy",
+                     f"dest={path} mode=0600 content='X-Consul-Token: {token_secret(token)}\n'",
+                     check=False)
+        _HEADER_FILES[key] = path
+    return _HEADER_FILES[key]
+
+
+def api_call(host, path: str, method: str = "GET", data: str | None = None,
+             token: str | None = "management", port: int = 8500) -> tuple[int, str]:
+    """Call the agent's loopback HTTP API on `host` with a named token (None:
+    anonymous); return (HTTP status, body)."""
+    cmd = f"curl -sS -w '\\n%{{http_code}}' -X {method} http://127.0.0.1:{port}/v1/{path}"
+    if token is not None:
+        cmd += f" -H @{_header_file(host, token)}"
     if data is not None:
-        cmd += " --data-binary @-"
-        result = host.run(f"printf %s {_quote(data)} | {cmd}")
-    else:
-        result = host.run(cmd)
-    assert result.rc == 0, f"{method} /v1/{path} on {host.backend.host}: {result.stderr}{result.stdout}"
+        cmd = f"printf %s {_quote(data)} | {cmd} --data-binary @-"
+    result = host.run(cmd)
+    assert result.rc == 0, f"{method} /v1/{path} on {host.backend.host}: {result.stderr}"
+    body, _, status = result.stdout.rpartition("\n")
+    return int(status), body
+
+
+def consul_api(host, path: str, method: str = "GET", data: str | None = None,
+               token: str | None = "management"):
+    """Like api_call, but the call must succeed; returns parsed JSON or text."""
+    status, body = api_call(host, path, method, data, token)
+    assert status == 200, f"{method} /v1/{path} on {host.backend.host}: {status} {body}"
     try:
-        return json.loads(result.stdout)
+        return json.loads(body)
     except json.JSONDecodeError:
-        return result.stdout
+        return body
 
 
 def _quote(text: str) -> str:

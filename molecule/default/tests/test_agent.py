@@ -53,7 +53,7 @@ def test_binary_is_the_one_in_the_archive(host, consul_version, mirror):
 def test_config_folder_modes(host):
     folder = host.file("/etc/consul.d")
     assert (folder.user, folder.group, folder.mode) == ("root", "consul", 0o750)
-    for name in ("consul.hcl", "logging.hcl"):
+    for name in ("consul.hcl", "logging.hcl", "gossip.hcl", "acl.hcl"):
         config = host.file(f"/etc/consul.d/{name}")
         assert (config.user, config.group, config.mode) == ("root", "consul", 0o640)
 

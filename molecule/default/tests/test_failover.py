@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from conftest import consul_api
+from conftest import api_call, consul_api
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -34,7 +34,7 @@ def current_leader(host) -> str:
 
 def autopilot_healthy(host) -> bool:
     # 200 when healthy, 429 while a server is missing or catching up
-    return host.run("curl -sS --fail http://127.0.0.1:8500/v1/operator/autopilot/health").rc == 0
+    return api_call(host, "operator/autopilot/health")[0] == 200
 
 
 def test_leader_loss_elects_a_new_leader_and_keeps_kv(servers):

@@ -1,0 +1,199 @@
+"""ACLs deny by default, tokens are least-privilege, gossip and RPC are
+encrypted and authenticated, and no secret leaks into logs."""
+
+from __future__ import annotations
+
+import stat
+import uuid
+
+import pytest
+from conftest import (
+    ANSIBLE_LOG,
+    SECRETS,
+    _quote,
+    api_call,
+    consul_api,
+    dns_a_records,
+    group,
+    write_private_file,
+)
+
+
+@pytest.fixture(scope="module")
+def app(clients):
+    return clients[0]
+
+
+# --- ACLs -----------------------------------------------------------------------
+
+def test_anonymous_kv_and_catalog_writes_are_denied(app):
+    key = f"molecule/anon-{uuid.uuid4()}"
+    consul_api(app, f"kv/{key}", "PUT", "x")
+    assert api_call(app, f"kv/{key}", token=None)[0] == 403
+    assert api_call(app, f"kv/{key}", "PUT", "y", token=None)[0] == 403
+    register = '{"Node": "anon-node", "Address": "192.0.2.1"}'
+    assert api_call(app, "catalog/register", "PUT", register, token=None)[0] == 403
+    consul_api(app, f"kv/{key}", "DELETE")
+
+
+def test_anonymous_catalog_reads_see_nothing(app):
+    # Consul filters list endpoints instead of refusing them: with deny by
+    # default the anonymous token sees no node and no service.
+    assert consul_api(app, "catalog/nodes", token=None) == []
+    assert consul_api(app, "catalog/services", token=None) == {}
+    assert consul_api(app, "catalog/nodes")  # the management token sees them
+
+
+def test_dns_answers_without_opening_the_anonymous_token(app):
+    assert len(dns_a_records(app, "consul.service.consul")) == 3
+
+
+def test_consul_template_token_reads_only_its_prefix(app):
+    own, other = "python-web-service/greeting", f"molecule/other-{uuid.uuid4()}"
+    consul_api(app, f"kv/{own}", "PUT", "Hello World")
+    consul_api(app, f"kv/{other}", "PUT", "secret")
+    assert api_call(app, f"kv/{own}?raw", token="consul-template") == (200, "Hello World")
+    assert api_call(app, f"kv/{own}", "PUT", "changed", token="consul-template")[0] == 403
+    assert api_call(app, f"kv/{other}?raw", token="consul-template")[0] == 403
+    consul_api(app, f"kv/{other}", "DELETE")
+
+
+def test_web_service_token_registers_only_its_service(app):
+    own = '{"Name": "python-web-service", "ID": "molecule-probe", "Port": 8080}'
+    other = '{"Name": "other-service", "ID": "molecule-other", "Port": 8081}'
+    assert api_call(app, "agent/service/register", "PUT", own, token="python-web-service")[0] == 200
+    assert api_call(app, "agent/service/register", "PUT", other, token="python-web-service")[0] == 403
+    status, _ = api_call(app, "agent/service/deregister/molecule-probe", "PUT",
+                         token="python-web-service")
+    assert status == 200
+
+
+def test_exactly_one_management_token_the_persisted_one(servers):
+    tokens = consul_api(servers[0], "acl/tokens")
+    management = [t for t in tokens
+                  if any(p["Name"] == "global-management" for p in t.get("Policies", []))]
+    assert len(management) == 1
+    me = consul_api(servers[0], "acl/token/self")
+    assert me["AccessorID"] == management[0]["AccessorID"]
+
+
+def test_every_node_has_its_agent_token(servers):
+    tokens = consul_api(servers[0], "acl/tokens")
+    identities = {n["NodeName"] for t in tokens for n in t.get("NodeIdentities", [])}
+    assert identities == set(group("consul_servers") + group("consul_clients"))
+
+
+# --- Gossip and RPC encryption ----------------------------------------------------
+
+def test_rogue_agent_without_gossip_key_cannot_join(app, servers):
+    server = group("consul_servers")[0]
+    app.run("rm -rf /tmp/rogue && mkdir -p /tmp/rogue")
+    app.run(
+        "setsid nohup timeout 25 consul agent -node=rogue -data-dir=/tmp/rogue "
+        "-bind=$(hostname -I | cut -d' ' -f1) -serf-lan-port=18301 -http-port=18500 "
+        f"-dns-port=-1 -grpc-port=-1 -retry-join={server} -retry-interval=1s "
+        "> /tmp/rogue/agent.log 2>&1 < /dev/null &")
+    try:
+        # The rogue is up and trying; give it several join attempts.
+        app.run("for i in $(seq 30); do curl -s -o /dev/null 127.0.0.1:18500/v1/agent/self "
+                "&& break; sleep 0.5; done; sleep 6")
+        rogue_view = app.check_output("curl -s 127.0.0.1:18500/v1/agent/members")
+        assert '"Name":"rogue"' in rogue_view.replace(" ", "")
+        assert server not in rogue_view
+        names = {m["Name"] for m in consul_api(servers[0], "agent/members")}
+        assert "rogue" not in names
+    finally:
+        app.run("pkill -f 'consul agent -node=rogue' || true")
+
+
+_RPC_TLS_PROBE = """
+import socket, ssl, sys
+host, cert = sys.argv[1], sys.argv[2:]
+ctx = ssl.create_default_context(cafile="/etc/consul.d/tls/consul-agent-ca.pem")
+ctx.check_hostname = False
+if cert:
+    ctx.load_cert_chain("/etc/consul.d/tls/server.pem", "/etc/consul.d/tls/server-key.pem")
+raw = socket.create_connection((host, 8300), timeout=5)
+raw.sendall(b"\\x03")  # Consul's RPC type byte for TLS
+tls = ctx.wrap_socket(raw, server_hostname="server.dc1.consul")
+tls.settimeout(2)
+try:
+    data = tls.recv(1)
+    print("closed" if data == b"" else "data")
+except socket.timeout:
+    print("accepted")  # the server waits for an RPC: the handshake was accepted
+except (ssl.SSLError, ConnectionError) as exc:
+    print("refused", type(exc).__name__)
+"""
+
+
+def test_rpc_needs_a_certificate_signed_by_the_ca(servers):
+    prober, target = servers[1], group("consul_servers")[0]
+    without = prober.check_output(f"python3 -c {_quote(_RPC_TLS_PROBE)} {target}")
+    with_cert = prober.check_output(f"python3 -c {_quote(_RPC_TLS_PROBE)} {target} cert")
+    assert without.startswith(("refused", "closed")), without
+    assert with_cert == "accepted", with_cert  # control: the same probe with a CA-signed cert
+
+
+# --- Files and modes ------------------------------------------------------------------
+
+def test_token_files_are_private(app):
+    for name in ("consul-template", "python-web-service"):
+        token_file = app.file(f"/etc/consul-tokens/{name}.token")
+        assert (token_file.user, token_file.group, token_file.mode) == ("root", "root", 0o600)
+
+
+def test_secret_configs_and_keys_are_not_world_readable(host):
+    for path in ("/etc/consul.d/gossip.hcl", "/etc/consul.d/acl.hcl"):
+        config = host.file(path)
+        assert (config.user, config.group, config.mode) == ("root", "consul", 0o640)
+    if host.file("/etc/consul.d/tls/server-key.pem").exists:
+        key = host.file("/etc/consul.d/tls/server-key.pem")
+        assert (key.user, key.group, key.mode) == ("root", "consul", 0o640)
+
+
+def test_controller_secrets_are_private():
+    assert stat.S_IMODE(SECRETS.stat().st_mode) == 0o700
+    files = [p for p in SECRETS.rglob("*") if p.is_file() and ".ansible_lockfile" not in p.name]
+    assert files
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_server_certificates_on_hosts_are_the_issued_ones(servers):
+    for server in servers:
+        name = server.backend.host
+        issued = (SECRETS / "tls" / f"{name}.pem").read_text()
+        assert server.file("/etc/consul.d/tls/server.pem").content_string == issued
+
+
+# --- No secret in any log ---------------------------------------------------------------
+
+def _secret_values() -> list[str]:
+    values = [p.read_text().strip() for p in (SECRETS / "consul_tokens").iterdir()]
+    values += [(SECRETS / "consul_gossip_key").read_text().strip(),
+               (SECRETS / "consul_acl_bootstrap_token").read_text().strip()]
+    for key in (SECRETS / "tls").glob("*key.pem"):
+        values += [line for line in key.read_text().splitlines()
+                   if line and not line.startswith("-----")]
+    return values
+
+
+def test_no_secret_in_the_ansible_output():
+    log = ANSIBLE_LOG.read_text(encoding="utf-8", errors="replace")
+    assert "Consul servers" in log  # the log is the real -v output of the runs
+    leaked = [v[:6] + "..." for v in _secret_values() if v in log]
+    assert leaked == []
+
+
+def test_no_secret_in_var_log_or_the_journal(host):
+    patterns = "\n".join(_secret_values()) + "\n"
+    write_private_file(host, "/root/.secret-patterns", patterns)
+    try:
+        logs = host.run("grep -rlF -f /root/.secret-patterns /var/log")
+        journal = host.run("journalctl --no-pager -o cat | grep -cF -f /root/.secret-patterns")
+    finally:
+        host.run("rm -f /root/.secret-patterns")
+    assert logs.rc == 1, f"secrets in {logs.stdout}"  # 1: grep found nothing
+    assert journal.stdout.strip() == "0"
+    assert host.run("journalctl --no-pager -o cat | wc -l").stdout.strip() != "0"
