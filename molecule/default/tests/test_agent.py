@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import zipfile
 
+from conftest import consul_api, write_private_file
+
 
 def test_service_active_and_enabled(host):
     service = host.service("consul")
@@ -91,3 +93,18 @@ def test_dns_listens_on_8600(host):
 
 def test_http_api_only_on_loopback(host):
     assert listening(host, "tcp", 8500) == ["tcp://127.0.0.1:8500"]
+
+
+def test_https_api_only_on_loopback_with_a_verified_certificate(host):
+    assert listening(host, "tcp", 8501) == ["tcp://127.0.0.1:8501"]
+    if "consul_servers" in host.ansible.get_variables()["group_names"]:
+        ca = "/etc/consul.d/tls/consul-agent-ca.pem"  # the internal CA signed it
+    else:
+        # auto_encrypt certificates are signed by Consul's built-in Connect CA
+        roots = consul_api(host, "agent/connect/ca/roots")
+        write_private_file(host, "/root/.connect-ca.pem", roots["Roots"][0]["RootCert"])
+        ca = "/root/.connect-ca.pem"
+    leader = host.run(f"curl -sS --cacert {ca} https://127.0.0.1:8501/v1/status/leader")
+    assert leader.rc == 0 and leader.stdout.strip('"\n'), leader.stderr
+    # the certificate really is checked: without the CA, curl refuses it
+    assert host.run("curl -sS https://127.0.0.1:8501/v1/status/leader").rc != 0
