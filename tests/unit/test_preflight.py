@@ -20,6 +20,16 @@ def run_site(tmp_path, servers=SERVERS, host_vars=None):
     return ansible_playbook("-i", str(inventory), "site.yml")
 
 
+def stopped_in_preflight(result, expected: list[str]) -> str:
+    """Assert the run failed with every expected text and touched no host."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for text in expected:
+        assert text in output, output
+    assert not any(marker in output for marker in UNREACHED), output
+    return output
+
+
 @pytest.mark.parametrize(("host_vars", "expected"), [
     ({"consul_version": "latest"}, ["consul_version", "MAJOR.MINOR.PATCH"]),
     ({"consul_version": "v1.21.0"}, ["consul_version", 'no leading "v"']),
@@ -27,27 +37,15 @@ def run_site(tmp_path, servers=SERVERS, host_vars=None):
     ({"consul_install_method": "curl"}, ["consul_install_method", '"remote"', '"controller"']),
 ], ids=["version-latest", "version-with-v", "datacenter", "install-method"])
 def test_bad_variable_is_named_with_its_fix(tmp_path, host_vars, expected):
-    result = run_site(tmp_path, host_vars=host_vars)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    for text in expected:
-        assert text in output, output
-    assert not any(marker in output for marker in UNREACHED), output
+    stopped_in_preflight(run_site(tmp_path, host_vars=host_vars), expected)
 
 
 def test_no_servers_in_inventory(tmp_path):
-    result = run_site(tmp_path, servers=[])
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "consul_servers_group" in output and "has no hosts" in output, output
-    assert not any(marker in output for marker in UNREACHED), output
+    stopped_in_preflight(run_site(tmp_path, servers=[]), ["consul_servers_group", "has no hosts"])
 
 
 def test_even_number_of_servers(tmp_path):
-    result = run_site(tmp_path, servers=SERVERS[:2])
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "has 2 servers" in output and "odd number" in output, output
+    stopped_in_preflight(run_site(tmp_path, servers=SERVERS[:2]), ["has 2 servers", "odd number"])
 
 
 def test_good_inventory_passes_preflight(tmp_path):
@@ -74,12 +72,7 @@ def test_example_inventories_pass_preflight(env):
      ["consul_tls_ca_cert and consul_tls_ca_key go together"]),
 ], ids=["gossip-short", "gossip-empty", "token-empty", "token-not-uuid", "ca-key-without-cert"])
 def test_bad_secret_is_named_and_not_printed(tmp_path, host_vars, expected):
-    result = run_site(tmp_path, host_vars=host_vars)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    for text in expected:
-        assert text in output, output
-    assert not any(marker in output for marker in UNREACHED), output
+    output = stopped_in_preflight(run_site(tmp_path, host_vars=host_vars), expected)
     for value in host_vars.values():
         if len(value) > 8:
             assert value.strip() not in output  # the bad value itself is not echoed
