@@ -76,11 +76,11 @@ lint: venv ## yamllint, ansible-lint (production profile), syntax checks, ruff
 	for playbook in $(PLAYBOOKS); do \
 	  $(BIN)/ansible-playbook -i $(LAB_INVENTORY) --syntax-check "$$playbook" >/dev/null; \
 	done
-	$(BIN)/ruff check tools tests molecule
+	$(BIN)/ruff check tools tests molecule files/python-web-service
 
 .PHONY: unit
-unit: mirror ## Unit tests: templates under the real `consul validate`, preflight, tools
-	$(BIN)/pytest tests/unit --junitxml=$(RESULTS)/unit.xml
+unit: mirror ## Unit tests: templates under the real `consul validate`, preflight, tools, web service
+	$(BIN)/pytest tests/unit files/python-web-service/tests --junitxml=$(RESULTS)/unit.xml
 
 .PHONY: molecule
 molecule: image mirror ## Molecule: converge, idempotence, testinfra verify, failover

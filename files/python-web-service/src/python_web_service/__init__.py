@@ -1,0 +1,1 @@
+"""A tornado web service whose greeting comes from a JSON config file."""
