@@ -84,4 +84,7 @@ unit: mirror ## Unit tests: templates under the real `consul validate`, prefligh
 
 .PHONY: molecule
 molecule: image mirror ## Molecule: converge, idempotence, testinfra verify, failover
+	@# Containers left by an interrupted run (of any checkout) would be reused
+	@# with their old state; molecule only knows its own checkout's.
+	docker ps -aq --filter label=consul-platform.molecule=default | xargs -r docker rm -f
 	$(BIN)/molecule test --all
