@@ -46,8 +46,12 @@ image: docker ## Build the systemd base image with debootstrap (cached by tag)
 mirror: venv ## Fill the local release mirror (download, or build from Go modules)
 	$(BIN)/python tools/release_mirror.py
 
+.PHONY: wheelhouse
+wheelhouse: venv ## Build the web service's wheel and fetch its pinned wheels (offline installs)
+	$(BIN)/python tools/build_wheelhouse.py
+
 .PHONY: lab
-lab: image mirror ## Set up everything, bring up the lab, run site.yml against it
+lab: image mirror wheelhouse ## Set up everything, bring up the lab, run site.yml against it
 	$(BIN)/ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/up.yml
 	$(BIN)/ansible-playbook -i $(LAB_INVENTORY) site.yml
 	@$(MAKE) --no-print-directory lab-status
@@ -83,7 +87,7 @@ unit: mirror ## Unit tests: templates under the real `consul validate`, prefligh
 	$(BIN)/pytest tests/unit files/python-web-service/tests --junitxml=$(RESULTS)/unit.xml
 
 .PHONY: molecule
-molecule: image mirror ## Molecule: converge, idempotence, testinfra verify, failover
+molecule: image mirror wheelhouse ## Molecule: converge, idempotence, testinfra verify, failover
 	@# Containers left by an interrupted run (of any checkout) would be reused
 	@# with their old state; molecule only knows its own checkout's.
 	docker ps -aq --filter label=consul-platform.molecule=default | xargs -r docker rm -f

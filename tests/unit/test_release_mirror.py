@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import build_base_image
@@ -51,12 +52,22 @@ def test_hashicorp_layout_names():
     assert rel.sums == f"consul_{rel.version}_SHA256SUMS"
 
 
-def test_role_defaults_pin_the_mirrored_versions():
-    pins = {r.product: r.version for r in release_mirror.load_manifest()}
+def role_defaults(role: str) -> dict:
     loader = type("DefaultsLoader", (yaml.SafeLoader,), {})
     loader.add_constructor("!unsafe", lambda loader_, node: loader_.construct_scalar(node))
-    defaults = yaml.load((REPO / "roles/consul/defaults/main.yml").read_text(), Loader=loader)
-    assert defaults["consul_version"] == pins["consul"]
+    return yaml.load((REPO / f"roles/{role}/defaults/main.yml").read_text(), Loader=loader)
+
+
+def test_role_defaults_pin_the_mirrored_versions():
+    pins = {r.product: r.version for r in release_mirror.load_manifest()}
+    assert role_defaults("consul")["consul_version"] == pins["consul"]
+    assert role_defaults("consul_template")["consul_template_version"] == pins["consul-template"]
+
+
+def test_web_service_role_installs_the_packaged_version():
+    project = tomllib.loads((REPO / "files/python-web-service/pyproject.toml").read_text())
+    assert (role_defaults("python_web_service")["python_web_service_version"]
+            == project["project"]["version"])
 
 
 def test_pack_then_verify_round_trip(tmp_path):

@@ -129,3 +129,32 @@ def test_sighup_reloads_in_place_and_keeps_serving(running_service):
     proc.terminate()
     output = proc.communicate(timeout=10)[0]
     assert "rejected, still serving version" in output and "not UTF-8" in output
+
+
+def test_tells_systemd_when_ready_and_when_stopping(tmp_path):
+    """Type=notify: READY=1 only once the port is open and SIGHUP is handled,
+    so a reload that systemd sends right after start cannot kill it. A reload
+    sends nothing: ExecReload's kill returns at once, and a RELOADING=1 that
+    came after it would leave the unit waiting in "reloading"."""
+    config, port = tmp_path / "config.json", free_port()
+    write(config, "Hello World")
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(str(notify_path))
+        notify_socket.settimeout(10)
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path),
+               "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+        proc = subprocess.Popen([sys.executable, "-m", "python_web_service", "--config",
+                                 str(config), "--address", "127.0.0.1", "--port", str(port)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert notify_socket.recv(64) == b"READY=1"
+            assert fetch(f"http://127.0.0.1:{port}/") == "Hello World\n"
+            write(config, "Hello Consul")
+            proc.send_signal(signal.SIGHUP)
+            wait_for_greeting(f"http://127.0.0.1:{port}/", "Hello Consul\n")
+            proc.terminate()
+            assert notify_socket.recv(64) == b"STOPPING=1"
+            assert proc.wait(timeout=10) == 0
+        finally:
+            proc.kill()

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from .app import ConfigState, make_app
+from .systemd import notify
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +32,10 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     logging.getLogger("python_web_service").info("listening on %s:%d", args.address, args.port)
+    # Only now: a SIGHUP that arrived earlier would have killed the process.
+    notify("READY=1")
     await stop.wait()
+    notify("STOPPING=1")
 
 
 def main(argv: list[str] | None = None) -> None:
