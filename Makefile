@@ -56,6 +56,19 @@ lab: image mirror wheelhouse ## Set up everything, bring up the lab, run site.ym
 	$(BIN)/ansible-playbook -i $(LAB_INVENTORY) site.yml
 	@$(MAKE) --no-print-directory lab-status
 
+.PHONY: bench
+bench: bench-propagation ## Every benchmark; reports (JSON + PNG) go to docs/bench/
+
+.PHONY: bench-propagation
+bench-propagation: lab ## KV change -> served, ours (reload) vs the seed's (restart), under load
+	$(BIN)/python tools/bench_propagation.py
+
+.PHONY: greeting
+greeting: venv ## Change the greeting in Consul KV and wait for every instance: GREETING='Hello Consul'
+	@test -n "$(GREETING)" || { echo "usage: make greeting GREETING='Hello Consul'"; exit 2; }
+	$(BIN)/ansible-playbook -i $(LAB_INVENTORY) playbooks/set_greeting.yml \
+	  -e "$$($(BIN)/python -c 'import json, os; print(json.dumps({"greeting": os.environ["GREETING"]}))')"
+
 .PHONY: lab-status
 lab-status: ## Print the lab's cluster state and how to reach it
 	@$(BIN)/python tools/lab_status.py

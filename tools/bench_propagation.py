@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""`make bench-propagation`: KV write -> new greeting served, ours vs the seed's.
+
+Ours: consul-template renders JSON and `systemctl reload`s the service, which
+re-reads it in place. The seed's: consul-template restarts the service on
+every change. Both run side by side on the lab's app hosts (the seed's on port
+8081, set up by playbooks/bench/seed_approach.yml and removed afterwards) and
+see the same KV writes. A probe on the edge host times each write and keeps a
+steady request load on all four instances (tools/bench/propagation_probe.py).
+Writes docs/bench/propagation.json and docs/bench/propagation.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROBE = REPO / "tools" / "bench" / "propagation_probe.py"
+OUT = REPO / "docs" / "bench"
+INVENTORY = REPO / "inventories" / "lab"
+APPROACHES = {
+    "ours": "consul-template renders JSON, service reloads in place (SIGHUP)",
+    "seed": "consul-template restarts the service on every change (the blog post)",
+}
+
+
+def run(*argv: str, capture: bool = False) -> str:
+    result = subprocess.run(argv, check=True, text=True,
+                            stdout=subprocess.PIPE if capture else None)
+    return result.stdout if capture else ""
+
+
+def container_ip(name: str) -> str:
+    return run("docker", "inspect", "--format",
+               "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name,
+               capture=True).strip()
+
+
+def seed_approach(state: str) -> None:
+    run(str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(INVENTORY),
+        str(REPO / "playbooks" / "bench" / "seed_approach.yml"),
+        "-e", f"bench_seed_state={state}")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def summarise(raw: dict) -> dict:
+    summary = {}
+    for approach, description in APPROACHES.items():
+        names = [t["name"] for t in raw["targets"] if t["approach"] == approach]
+        # A change counts once every instance of the approach serves it.
+        per_change = [None if any(c["latency_s"][n] is None for n in names)
+                      else max(c["latency_s"][n] for n in names) for c in raw["changes"]]
+        served = [v * 1000 for v in per_change if v is not None]
+        targets = [t for t in raw["targets"] if t["approach"] == approach]
+        summary[approach] = {
+            "description": description,
+            "changes": len(per_change),
+            "changes_not_served": per_change.count(None),
+            "p50_ms": round(percentile(served, 50), 1),
+            "p95_ms": round(percentile(served, 95), 1),
+            "p99_ms": round(percentile(served, 99), 1),
+            "max_ms": round(max(served), 1),
+            "requests": sum(t["requests"] for t in targets),
+            "failed_requests": sum(t["failed_requests"] for t in targets),
+            "latencies_ms": [round(v, 1) for v in served],
+        }
+    return summary
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (cdf, failures) = plt.subplots(1, 2, figsize=(11, 4.2),
+                                        gridspec_kw={"width_ratios": [3, 1]})
+    for approach, result in summary.items():
+        values = sorted(result["latencies_ms"])
+        cdf.step(values, [(i + 1) / len(values) for i in range(len(values))], where="post",
+                 label=f"{approach}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
+    cdf.axvline(250, color="grey", linestyle="--", linewidth=1)
+    cdf.text(255, 0.05, "target p99 250 ms", color="grey", fontsize=8)
+    cdf.set_xlabel("KV write -> served by every instance (ms)")
+    cdf.set_ylabel("fraction of changes")
+    cdf.set_title(f"Propagation over {next(iter(summary.values()))['changes']} changes")
+    cdf.legend(loc="lower right", fontsize=8)
+    cdf.grid(alpha=0.3)
+    names = list(summary)
+    counts = [summary[n]["failed_requests"] for n in names]
+    bars = failures.bar(names, counts, color=["tab:blue", "tab:orange"][:len(names)])
+    failures.bar_label(bars)
+    failures.set_title("Failed requests under load")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--apps", nargs="+", default=["app-1", "app-2"])
+    parser.add_argument("--probe-host", default="edge-1")
+    parser.add_argument("--token-file", default="/etc/consul-tokens/ui-operator.token",
+                        help="on the probe host: a token that may write the key")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+
+    seed_approach("present")
+    try:
+        targets = []
+        for app in args.apps:
+            ip = container_ip(app)
+            targets += ["--target", f"ours={ip}:8080", "--target", f"seed={ip}:8081"]
+        run("docker", "cp", str(PROBE), f"{args.probe_host}:/root/propagation_probe.py")
+        raw = json.loads(run("docker", "exec", args.probe_host, "python3",
+                             "/root/propagation_probe.py", "--changes", str(args.changes),
+                             "--token-file", args.token_file, *targets, capture=True))
+    finally:
+        seed_approach("absent")
+
+    summary = summarise(raw)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "propagation",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count()},
+        "setup": "lab: 3 servers, app-1 and app-2, probe on edge-1; ~100 req/s per instance",
+        "results": summary,
+        "raw": raw,
+    }
+    (args.out / "propagation.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(summary, args.out / "propagation.png")
+    print(f"{'approach':<6} {'changes':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+          f"{'requests':>9} {'failed':>7}")
+    for approach, result in summary.items():
+        print(f"{approach:<6} {result['changes']:>7} {result['p50_ms']:>8} {result['p95_ms']:>8} "
+              f"{result['p99_ms']:>8} {result['requests']:>9} {result['failed_requests']:>7}")
+    print(f"report: {args.out / 'propagation.json'}, {args.out / 'propagation.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
