@@ -4,9 +4,12 @@
 Ours: consul-template renders JSON and `systemctl reload`s the service, which
 re-reads it in place. The seed's: consul-template restarts the service on
 every change. Both run side by side on the lab's app hosts (the seed's on port
-8081, set up by playbooks/bench/seed_approach.yml and removed afterwards) and
-see the same KV writes. A probe on the edge host times each write and keeps a
-steady request load on all four instances (tools/bench/propagation_probe.py).
+8081, set up by playbooks/bench/seed_approach.yml and removed afterwards),
+rendering the same key with the same wait timers. They are measured one after
+the other, each with only its own consul-template running, so that the
+seed's restarts do not take CPU from ours in the middle of a measurement. A
+probe on the edge host times each write and keeps a steady request load on
+the measured instances (tools/bench/propagation_probe.py).
 Writes docs/bench/propagation.json and docs/bench/propagation.png.
 """
 
@@ -29,6 +32,8 @@ APPROACHES = {
     "ours": "consul-template renders JSON, service reloads in place (SIGHUP)",
     "seed": "consul-template restarts the service on every change (the blog post)",
 }
+PORTS = {"ours": 8080, "seed": 8081}
+DAEMONS = {"ours": "consul-template", "seed": "consul-template-seed"}
 
 
 def run(*argv: str, capture: bool = False) -> str:
@@ -55,9 +60,10 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
-def summarise(raw: dict) -> dict:
+def summarise(raws: dict[str, dict]) -> dict:
     summary = {}
     for approach, description in APPROACHES.items():
+        raw = raws[approach]
         names = [t["name"] for t in raw["targets"] if t["approach"] == approach]
         # A change counts once every instance of the approach serves it.
         per_change = [None if any(c["latency_s"][n] is None for n in names)
@@ -74,6 +80,8 @@ def summarise(raw: dict) -> dict:
             "max_ms": round(max(served), 1),
             "requests": sum(t["requests"] for t in targets),
             "failed_requests": sum(t["failed_requests"] for t in targets),
+            "failed_pct": round(100 * sum(t["failed_requests"] for t in targets)
+                                / max(1, sum(t["requests"] for t in targets)), 2),
             "latencies_ms": [round(v, 1) for v in served],
         }
     return summary
@@ -117,35 +125,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     seed_approach("present")
+    raws = {}
     try:
-        targets = []
-        for app in args.apps:
-            ip = container_ip(app)
-            targets += ["--target", f"ours={ip}:8080", "--target", f"seed={ip}:8081"]
+        ips = [container_ip(app) for app in args.apps]
         run("docker", "cp", str(PROBE), f"{args.probe_host}:/root/propagation_probe.py")
-        raw = json.loads(run("docker", "exec", args.probe_host, "python3",
-                             "/root/propagation_probe.py", "--changes", str(args.changes),
-                             "--token-file", args.token_file, *targets, capture=True))
+        for approach in APPROACHES:
+            for other, daemon in DAEMONS.items():
+                for app in args.apps:
+                    run("docker", "exec", app, "systemctl",
+                        "start" if other == approach else "stop", daemon)
+            targets = [arg for ip in ips
+                       for arg in ("--target", f"{approach}={ip}:{PORTS[approach]}")]
+            print(f"measuring {approach}: {args.changes} changes ...", flush=True)
+            raws[approach] = json.loads(run(
+                "docker", "exec", args.probe_host, "python3", "/root/propagation_probe.py",
+                "--changes", str(args.changes), "--token-file", args.token_file, *targets,
+                capture=True))
     finally:
+        for app in args.apps:
+            run("docker", "exec", app, "systemctl", "start", DAEMONS["ours"])
         seed_approach("absent")
 
-    summary = summarise(raw)
+    summary = summarise(raws)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "propagation",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count()},
-        "setup": "lab: 3 servers, app-1 and app-2, probe on edge-1; ~100 req/s per instance",
+        "setup": ("lab: 3 servers, app-1 and app-2, probe on edge-1; one approach at a "
+                  "time, ~100 req/s on each of its instances"),
         "results": summary,
-        "raw": raw,
+        "raw": raws,
     }
     (args.out / "propagation.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(summary, args.out / "propagation.png")
     print(f"{'approach':<6} {'changes':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-          f"{'requests':>9} {'failed':>7}")
+          f"{'requests':>9} {'failed':>7} {'failed %':>8}")
     for approach, result in summary.items():
         print(f"{approach:<6} {result['changes']:>7} {result['p50_ms']:>8} {result['p95_ms']:>8} "
-              f"{result['p99_ms']:>8} {result['requests']:>9} {result['failed_requests']:>7}")
+              f"{result['p99_ms']:>8} {result['requests']:>9} {result['failed_requests']:>7} "
+              f"{result['failed_pct']:>8}")
     print(f"report: {args.out / 'propagation.json'}, {args.out / 'propagation.png'}")
     return 0
 

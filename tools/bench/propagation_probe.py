@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--target", action="append", required=True,
                         help="APPROACH=HOST:PORT, repeatable")
     parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="changes made under load first and not counted")
     parser.add_argument("--interval", type=float, default=0.01,
                         help="seconds between requests of one load thread")
     parser.add_argument("--timeout", type=float, default=15.0,
@@ -110,17 +112,22 @@ def main() -> None:
 
     changes = []
     run = uuid.uuid4().hex[:6]
-    for index in range(args.changes):
+    for index in range(-args.warmup, args.changes):
         value = f"bench {run} {index}"
         written = time.monotonic()
         put(args.consul, args.key, token, value)
+        acknowledged = time.monotonic()
         deadline = written + args.timeout
         while time.monotonic() < deadline:
             if all(value in t.first_seen for t in targets):
                 break
             time.sleep(0.005)
+        if index < 0:
+            time.sleep(random.uniform(0.3, 0.6))
+            continue
         changes.append({
             "value": value,
+            "write_s": round(acknowledged - written, 4),
             "latency_s": {t.name: (round(t.first_seen[value] - written, 4)
                                    if value in t.first_seen else None)
                           for t in targets},
