@@ -19,15 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from release_mirror import TAR_EPOCH, cache_root
+
 REPO = Path(__file__).resolve().parent.parent
 SERVICE = REPO / "files" / "python-web-service"
-# Same fixed timestamp as the release mirror's archives (2020-01-01).
-SOURCE_DATE_EPOCH = "1577836800"
-
-
-def cache_root() -> Path:
-    default = Path.home() / ".cache" / "consul-platform"
-    return Path(os.environ.get("CONSUL_PLATFORM_CACHE", default))
+# Same fixed timestamp as the release mirror's archives.
+SOURCE_DATE_EPOCH = str(TAR_EPOCH)
 
 
 def pip(*args: str, env: dict[str, str] | None = None) -> None:
