@@ -81,14 +81,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_service(config: Path, port: int, **env: str) -> subprocess.Popen:
+    """The service as its own process, with its output captured."""
+    env = {**os.environ, **env, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    return subprocess.Popen([sys.executable, "-m", "python_web_service", "--config", str(config),
+                             "--address", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.fixture
 def running_service(tmp_path):
     config, port = tmp_path / "config.json", free_port()
     write(config, "Hello World")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "python_web_service", "--config", str(config),
-                             "--address", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_service(config, port)
     url = f"http://127.0.0.1:{port}/"
     for _ in range(100):
         try:
@@ -142,11 +147,7 @@ def test_tells_systemd_when_ready_and_when_stopping(tmp_path):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
         notify_socket.bind(str(notify_path))
         notify_socket.settimeout(10)
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path),
-               "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-        proc = subprocess.Popen([sys.executable, "-m", "python_web_service", "--config",
-                                 str(config), "--address", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = start_service(config, port, NOTIFY_SOCKET=str(notify_path))
         try:
             assert notify_socket.recv(64) == b"READY=1"
             assert fetch(f"http://127.0.0.1:{port}/") == "Hello World\n"
@@ -158,3 +159,4 @@ def test_tells_systemd_when_ready_and_when_stopping(tmp_path):
             assert proc.wait(timeout=10) == 0
         finally:
             proc.kill()
+            proc.communicate()
