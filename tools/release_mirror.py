@@ -6,13 +6,15 @@ use one download-and-verify path and only the base URL differs:
 
   hashicorp: <product>/<v>/<product>_<v>_linux_amd64.zip + <product>_<v>_SHA256SUMS
   github:    <product>/v<v>/<product>-v<v>.linux-amd64.tar.gz + ...-sha256sum.txt
+  ory:       <product>/v<v>/<product>_<v>-linux_sqlite_64bit.tar.gz + <product>_<v>_checksums.txt
 
 For each release: keep it when the cached archive matches its sums file;
 otherwise download and verify it when the official site is reachable;
 otherwise build the same pinned version from its Go module. Modules whose
-go.mod carries local `replace` directives (Consul, Dex) cannot be
+go.mod carries `replace` directives (Consul, Hydra) cannot be
 `go install`ed, so every build goes through a small wrapper module that
-requires the release and the released versions of its local sub-modules.
+requires the release and the released versions of its local sub-modules, and
+repeats the release's replacements that point at other modules.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class Release:
     go_package: str
     binary: str
     ldflags: str
+    # Hydra's SQLite store needs cgo and build tags; the others build static.
+    cgo: str = "false"
+    tags: str = ""
 
     @property
     def rel_dir(self) -> str:
@@ -69,13 +74,24 @@ class Release:
     def archive(self) -> str:
         if self.layout == "hashicorp":
             return f"{self.product}_{self.version}_linux_amd64.zip"
+        if self.layout == "ory":
+            return f"{self.product}_{self.version}-linux_sqlite_64bit.tar.gz"
         return f"{self.product}-v{self.version}.linux-amd64.tar.gz"
 
     @property
     def sums(self) -> str:
         if self.layout == "hashicorp":
             return f"{self.product}_{self.version}_SHA256SUMS"
+        if self.layout == "ory":
+            return f"{self.product}_{self.version}_checksums.txt"
         return f"{self.product}-v{self.version}.linux-amd64-sha256sum.txt"
+
+    @property
+    def member(self) -> str:
+        """The binary's path inside the archive."""
+        if self.layout == "github":
+            return f"{self.product}-v{self.version}.linux-amd64/{self.binary}"
+        return self.binary
 
     @property
     def official_dir_url(self) -> str:
@@ -152,9 +168,21 @@ def go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 
 def local_submodules(gomod: str) -> dict[str, str]:
     """Modules that a go.mod replaces with local paths, at their required versions."""
-    local = set(re.findall(r"^\s*(\S+)(?:\s+v\S+)?\s+=>\s+\.{1,2}/", gomod, re.MULTILINE))
-    required = dict(re.findall(r"^\s*(\S+)\s+(v\S+)(?:\s+//.*)?$", gomod, re.MULTILINE))
+    local = set(re.findall(r"^(?:replace)?\s*(\S+)(?:\s+v\S+)?\s+=>\s+\.{1,2}/", gomod,
+                           re.MULTILINE))
+    required = dict(re.findall(r"^(?:require)?\s*(\S+)\s+(v\S+)(?:\s+//.*)?$", gomod,
+                               re.MULTILINE))
     return {mod: required[mod] for mod in sorted(local) if mod in required}
+
+
+def module_replacements(gomod: str) -> list[str]:
+    """`replace` lines of a go.mod that point at other modules, not local paths."""
+    lines = []
+    for match in re.finditer(r"^(?:replace\s+|\t)(\S+(?:\s+v\S+)?\s+=>\s+(\S+)\s+(v\S+))\s*$",
+                             gomod, re.MULTILINE):
+        if not match.group(2).startswith("."):
+            lines.append(f"replace {match.group(1)}")
+    return lines
 
 
 def build_from_source(rel: Release, build_dir: Path) -> bytes:
@@ -168,7 +196,7 @@ def build_from_source(rel: Release, build_dir: Path) -> bytes:
     lines = ["module consulplatform.local/build/" + rel.product, "",
              f"go {go_line.group(1) if go_line else '1.22'}", "", "require ("]
     lines += [f"\t{mod} {ver}" for mod, ver in requires.items()]
-    lines += [")", ""]
+    lines += [")", "", *module_replacements(upstream_gomod), ""]
     (build_dir / "go.mod").write_text("\n".join(lines), encoding="utf-8")
     # The wrapper has no code of its own; this file only pins the main package.
     (build_dir / "tools.go").write_text(
@@ -176,8 +204,9 @@ def build_from_source(rel: Release, build_dir: Path) -> bytes:
     go(["mod", "tidy"], build_dir)
     out = build_dir / "out" / rel.binary
     started = time.monotonic()
-    go(["build", "-trimpath", "-ldflags", f"-s -w {rel.ldflags}".strip(), "-o", str(out),
-        rel.go_package], build_dir, env={"CGO_ENABLED": "0"})
+    tags = ["-tags", rel.tags] if rel.tags else []
+    go(["build", "-trimpath", *tags, "-ldflags", f"-s -w {rel.ldflags}".strip(), "-o", str(out),
+        rel.go_package], build_dir, env={"CGO_ENABLED": "1" if rel.cgo == "true" else "0"})
     print(f"  built {rel.binary} in {time.monotonic() - started:.0f} s", flush=True)
     return out.read_bytes()
 
@@ -192,7 +221,7 @@ def pack(rel: Release, binary: bytes, folder: Path) -> None:
             archive.writestr(entry, binary)
     else:
         with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-            entry = tarfile.TarInfo(f"{rel.product}-v{rel.version}.linux-amd64/{rel.binary}")
+            entry = tarfile.TarInfo(rel.member)
             entry.size, entry.mode, entry.mtime = len(binary), 0o755, TAR_EPOCH
             archive.addfile(entry, io.BytesIO(binary))
     (folder / rel.archive).write_bytes(buffer.getvalue())

@@ -45,6 +45,32 @@ require (
     }
 
 
+def test_module_replacements_are_carried_into_the_wrapper():
+    gomod = """module github.com/ory/hydra/v2
+replace github.com/ory/hydra-client-go/v2 => ./internal/httpclient
+replace github.com/gobuffalo/pop/v6 => github.com/ory/pop/v6 v6.2.1-0.2024
+replace (
+\tgithub.com/a/b v1.0.0 => github.com/c/b v1.0.1
+\tgithub.com/d/e => ../e
+)
+require github.com/ory/hydra-client-go/v2 v2.2.1
+"""
+    assert release_mirror.module_replacements(gomod) == [
+        "replace github.com/gobuffalo/pop/v6 => github.com/ory/pop/v6 v6.2.1-0.2024",
+        "replace github.com/a/b v1.0.0 => github.com/c/b v1.0.1",
+    ]
+    assert release_mirror.local_submodules(gomod) == {"github.com/ory/hydra-client-go/v2": "v2.2.1"}
+
+
+def test_ory_and_github_layout_names():
+    releases = {r.product: r for r in release_mirror.load_manifest()}
+    hydra, proxy = releases["hydra"], releases["oauth2-proxy"]
+    assert hydra.archive == f"hydra_{hydra.version}-linux_sqlite_64bit.tar.gz"
+    assert hydra.sums == f"hydra_{hydra.version}_checksums.txt"
+    assert hydra.member == "hydra"
+    assert proxy.member == f"oauth2-proxy-v{proxy.version}.linux-amd64/oauth2-proxy"
+
+
 def test_hashicorp_layout_names():
     rel = next(r for r in release_mirror.load_manifest() if r.product == "consul")
     assert rel.rel_dir == f"consul/{rel.version}"
