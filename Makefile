@@ -38,6 +38,10 @@ venv: $(BIN)/.installed ## Python venv with the pinned tools (requirements.txt)
 docker: venv ## Make sure a docker engine answers (installs and starts one on Debian as root)
 	$(BIN)/python tools/ensure_docker.py
 
+.PHONY: browser
+browser: venv ## Make sure Debian's chromium and certutil are there (the edge's browser test)
+	$(BIN)/python tools/ensure_browser.py
+
 .PHONY: image
 image: docker ## Build the systemd base image with debootstrap (cached by tag)
 	$(BIN)/python tools/build_base_image.py
@@ -93,14 +97,14 @@ lint: venv ## yamllint, ansible-lint (production profile), syntax checks, ruff
 	for playbook in $(PLAYBOOKS); do \
 	  $(BIN)/ansible-playbook -i $(LAB_INVENTORY) --syntax-check "$$playbook" >/dev/null; \
 	done
-	$(BIN)/ruff check tools tests molecule files/python-web-service
+	$(BIN)/ruff check tools tests molecule files/python-web-service roles/lab_idp/files
 
 .PHONY: unit
 unit: mirror ## Unit tests: templates under the real `consul validate`, preflight, tools, web service
 	$(BIN)/pytest tests/unit files/python-web-service/tests --junitxml=$(RESULTS)/unit.xml
 
 .PHONY: molecule
-molecule: image mirror wheelhouse ## Molecule: converge, idempotence, testinfra verify, failover
+molecule: image mirror wheelhouse browser ## Molecule: converge, idempotence, testinfra verify, failover
 	@# Containers left by an interrupted run (of any checkout) would be reused
 	@# with their old state; molecule only knows its own checkout's.
 	docker ps -aq --filter label=consul-platform.molecule=default | xargs -r docker rm -f
