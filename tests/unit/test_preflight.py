@@ -7,7 +7,10 @@ expected message."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
 from conftest import ansible_playbook, write_inventory
 
 SERVERS = ["preflight-server-1", "preflight-server-2", "preflight-server-3"]
@@ -58,8 +61,12 @@ def test_good_inventory_passes_preflight(tmp_path):
 
 @pytest.mark.parametrize("env", ["staging", "production"])
 def test_example_inventories_pass_preflight(env):
-    # The commented examples stay consistent with the roles' rules.
-    result = ansible_playbook("-i", f"inventories/{env}", "playbooks/preflight.yml")
+    # The commented examples stay consistent with the roles' rules; the
+    # extra vars stand in for their vault files.
+    vault = {"vault_oauth2_proxy_client_secret": "from-vault", "vault_edge_tls_cert": "PEM",
+             "vault_edge_tls_key": "PEM"}
+    result = ansible_playbook("-i", f"inventories/{env}", "-e", json.dumps(vault),
+                              "playbooks/preflight.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -76,3 +83,34 @@ def test_bad_secret_is_named_and_not_printed(tmp_path, host_vars, expected):
     for value in host_vars.values():
         if len(value) > 8:
             assert value.strip() not in output  # the bad value itself is not echoed
+
+
+def run_edge_preflight(tmp_path, edge_vars, playbook="site.yml"):
+    inventory = write_inventory(tmp_path / "hosts.yml", SERVERS, CLIENTS)
+    data = yaml.safe_load(inventory.read_text(encoding="utf-8"))
+    data["all"]["children"]["consul_clients"]["children"] = {
+        "edge": {"hosts": {"preflight-edge-1": None}, "vars": {
+            "oauth2_proxy_oidc_issuer_url": "https://idp.example.com",
+            "oauth2_proxy_public_url": "https://consul.example.com",
+            "oauth2_proxy_client_secret": "s3cret-from-vault",
+            "edge_nginx_public_url": "https://consul.example.com",
+            **edge_vars}}}
+    inventory.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return ansible_playbook("-i", str(inventory), playbook)
+
+
+@pytest.mark.parametrize(("edge_vars", "expected"), [
+    ({"oauth2_proxy_oidc_issuer_url": "http://idp.example.com"}, ["oauth2_proxy_oidc_issuer_url", "https://"]),
+    ({"edge_nginx_public_url": "consul.example.com"}, ["edge_nginx_public_url", "https:// URL"]),
+    ({"oauth2_proxy_allowed_groups": []}, ["oauth2_proxy_allowed_groups is empty"]),
+    ({"oauth2_proxy_client_secret": None}, ["no OAuth2 client secret", "oauth2_proxy_client_secret_file"]),
+    ({"edge_nginx_tls_cert": "-----BEGIN CERTIFICATE-----"}, ["edge_nginx_tls_cert and edge_nginx_tls_key"]),
+], ids=["issuer-http", "public-url", "no-groups", "no-client-secret", "cert-without-key"])
+def test_bad_edge_variable_is_named_with_its_fix(tmp_path, edge_vars, expected):
+    stopped_in_preflight(run_edge_preflight(tmp_path, edge_vars), expected)
+
+
+def test_good_edge_inventory_passes_preflight(tmp_path):
+    result = run_edge_preflight(tmp_path, {}, playbook="playbooks/preflight.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Check the edge_nginx role's variables" in result.stdout

@@ -88,6 +88,8 @@ def test_role_defaults_pin_the_mirrored_versions():
     pins = {r.product: r.version for r in release_mirror.load_manifest()}
     assert role_defaults("consul")["consul_version"] == pins["consul"]
     assert role_defaults("consul_template")["consul_template_version"] == pins["consul-template"]
+    assert role_defaults("oauth2_proxy")["oauth2_proxy_version"] == pins["oauth2-proxy"]
+    assert role_defaults("lab_idp")["lab_idp_hydra_version"] == pins["hydra"]
 
 
 def test_web_service_role_installs_the_packaged_version():
