@@ -42,7 +42,17 @@ def main() -> int:
   The HTTP API (loopback):  docker exec app-1 curl -s http://127.0.0.1:8500/v1/status/leader
   Secrets of the lab:       inventories/lab/.secrets/ (git-ignored, mode 0600)
   Run the main job again:   .venv/bin/ansible-playbook -i inventories/lab site.yml
-  Remove the lab:           make lab-destroy""")
+  Remove the lab:           make lab-destroy
+
+== The Consul UI in a browser on this machine
+  Open https://localhost:8443/ui/ and sign in at the lab IdP (idp.localhost:9443/9444).
+  Trust the lab's web CA first (or accept the warning):
+    inventories/lab/.secrets/web-ca/web-ca.pem
+  Users (password files, one per user):
+    admin     (consul-admins: operator token)   inventories/lab/.secrets/lab_idp/users/admin
+    reader    (consul-readers: read-only token) inventories/lab/.secrets/lab_idp/users/reader
+    outsider  (no group: 403)                   inventories/lab/.secrets/lab_idp/users/outsider
+  The public web service: https://localhost:8443/""")
     return 0
 
 
