@@ -61,7 +61,11 @@ lab: image mirror wheelhouse ## Set up everything, bring up the lab, run site.ym
 	@$(MAKE) --no-print-directory lab-status
 
 .PHONY: bench
-bench: bench-propagation ## Every benchmark; reports (JSON + PNG) go to docs/bench/
+bench: bench-propagation bench-edge ## Every benchmark; reports (JSON + PNG) go to docs/bench/
+
+.PHONY: bench-edge
+bench-edge: lab browser ## The edge: / through nginx vs direct, auth_request cost (docs/bench/edge.*)
+	$(BIN)/python tools/bench_edge.py
 
 .PHONY: bench-propagation
 bench-propagation: lab ## KV change -> served, ours (reload) vs the seed's (restart), under load

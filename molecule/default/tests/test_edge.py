@@ -10,21 +10,24 @@ loopback, as a person's browser would.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import SECRETS, get_host, group, secret, token_secret
+from conftest import SECRETS, api_call, consul_api, get_host, group, secret, token_secret
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))
+import lab_browser
+from lab_browser import session_cookie, trusted_browser
 
 CA = SECRETS / "web-ca" / "web-ca.pem"
-KV_KEY = "python-web-service/greeting"
+# A key of the test's own, so nothing depends on what other tests wrote.
+KV_KEY = "edge-test/secret-value"
 ARTIFACTS = Path(os.environ.get("TEST_RESULTS_DIR", "/tmp"))
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -61,44 +64,19 @@ def anonymous() -> requests.Session:
 
 @pytest.fixture(scope="module")
 def browser():
-    """Debian's chromium, trusting the lab's web CA through its own NSS
-    database (as a person would import it), not by ignoring TLS errors."""
-    from playwright.sync_api import sync_playwright
-
-    home = Path(tempfile.mkdtemp(prefix="edge-browser-"))
-    nssdb = home / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True)
-    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "lab-web-ca",
-                    "-i", str(CA)], check=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"],
-                                              env={**os.environ, "HOME": str(home)})
+    with trusted_browser(CA) as chromium:
         yield chromium
-        chromium.close()
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def sign_in(browser, base_url: str, user: str, start: str = "/ui/"):
-    """Open `start` in a new browser context and sign in through the IdP's
-    form; returns (context, page) after the redirects settle."""
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(base_url + start)
-    assert "/login" in page.url, f"expected the IdP's sign-in form, got {page.url}"
-    page.fill("#username", user)
-    page.fill("#password", password(user))
-    page.click("#submit")
-    page.wait_for_load_state("networkidle")
-    return context, page
+    return lab_browser.sign_in(browser, base_url, user, password(user), start)
 
 
 def session_of(context) -> requests.Session:
-    """A requests session carrying the browser's edge cookies."""
+    """A requests session carrying the browser's edge session."""
     session = anonymous()
     # As a header: the cookie jar will not send host-only cookies of "localhost".
-    session.headers["Cookie"] = "; ".join(f"{c['name']}={c['value']}" for c in context.cookies()
-                                          if c["name"].startswith("_consul_edge_session"))
+    session.headers["Cookie"] = session_cookie(context)
     return session
 
 
@@ -116,7 +94,7 @@ def admin(browser, base_url):
     context.close()
 
 
-def test_without_a_session_ui_redirects_to_sign_in_and_api_answers_401(base_url):
+def test_without_a_session_ui_redirects_to_sign_in_and_api_answers_401(base_url, kv_value):
     client = anonymous()
     ui = client.get(f"{base_url}/ui/", allow_redirects=False)
     assert ui.status_code == 302
@@ -128,22 +106,23 @@ def test_without_a_session_ui_redirects_to_sign_in_and_api_answers_401(base_url)
                   if line.startswith("oidc_issuer_url"))
     assert start.headers["Location"].startswith(f"{issuer}/oauth2/auth?")
 
-    greeting = token_free_greeting()
     for path in (f"/v1/kv/{KV_KEY}?raw", "/v1/agent/self", "/v1/catalog/services"):
         answer = client.get(base_url + path, allow_redirects=False)
         assert answer.status_code == 401, path
         assert answer.json()["error"] == "not signed in", path
-        assert greeting not in answer.text
+        assert kv_value not in answer.text
     kv_page = client.get(f"{base_url}/ui/dc1/kv", allow_redirects=False)
-    assert kv_page.status_code == 302 and greeting not in kv_page.text
+    assert kv_page.status_code == 302 and kv_value not in kv_page.text
 
 
-def token_free_greeting() -> str:
-    """The greeting in KV, read on a server with the management token."""
-    from conftest import consul_api
-
+@pytest.fixture(scope="module", autouse=True)
+def kv_value() -> str:
+    """Written on a server with the management token, removed afterwards."""
     server = get_host(group("consul_servers")[0])
-    return consul_api(server, f"kv/{KV_KEY}?raw")
+    value = f"value-{uuid.uuid4().hex}"
+    assert consul_api(server, f"kv/{KV_KEY}", "PUT", value) is True
+    yield value
+    consul_api(server, f"kv/{KV_KEY}", "DELETE")
 
 
 def test_admin_signs_in_with_a_real_browser_and_sees_the_services(browser, base_url):
@@ -160,9 +139,9 @@ def test_admin_signs_in_with_a_real_browser_and_sees_the_services(browser, base_
         context.close()
 
 
-def test_reader_reads_kv_but_cannot_write(reader, admin, base_url):
+def test_reader_reads_kv_but_cannot_write(reader, admin, base_url, kv_value):
     read = reader.get(f"{base_url}/v1/kv/{KV_KEY}?raw")
-    assert read.status_code == 200 and read.text == token_free_greeting()
+    assert read.status_code == 200 and read.text == kv_value
     write = reader.put(f"{base_url}/v1/kv/edge-test/reader", data="no")
     assert write.status_code == 403, write.text
     assert admin.put(f"{base_url}/v1/kv/edge-test/admin", data="yes").json() is True
@@ -170,13 +149,13 @@ def test_reader_reads_kv_but_cannot_write(reader, admin, base_url):
     assert admin.delete(f"{base_url}/v1/kv/edge-test/admin").json() is True
 
 
-def test_user_in_no_group_gets_403(browser, base_url):
+def test_user_in_no_group_gets_403(browser, base_url, kv_value):
     context, page = sign_in(browser, base_url, "outsider")
     try:
         assert "No access to Consul" in page.content()
         api = session_of(context).get(f"{base_url}/v1/kv/{KV_KEY}?raw", allow_redirects=False)
         assert api.status_code in (401, 403)
-        assert token_free_greeting() not in api.text
+        assert kv_value not in api.text
     finally:
         context.close()
 
@@ -192,18 +171,18 @@ def test_client_supplied_tokens_grant_nothing(reader, base_url):
         "cookie": reader.put(url, data="x", headers={
             "Cookie": f"{reader.headers['Cookie']}; token={bootstrap}; X-Consul-Token={bootstrap}"}),
     }
-    for how, answer in attempts.items():
-        print(f"client token by {how}: {answer.status_code}")
-        assert answer.status_code in (400, 403), f"{how}: {answer.status_code} {answer.text}"
+    statuses = {how: answer.status_code for how, answer in attempts.items()}
+    print(f"client token statuses: {statuses}")
+    assert all(code in (400, 403) for code in statuses.values()), statuses
     # ACL reads need more than the reader's token and less than the
     # bootstrap token: denied, so the ?token= never reached Consul.
-    assert reader.get(f"{base_url}/v1/acl/tokens?token={bootstrap}").status_code == 403
-    assert reader.get(f"{base_url}/v1/kv/{KV_KEY}?raw&token={bootstrap}").status_code == 200
-    anonymous_try = anonymous().put(url, data="x", headers={"X-Consul-Token": bootstrap})
-    assert anonymous_try.status_code == 401
+    # (Statuses first: an assertion must never print a URL with the token.)
+    acl_read = reader.get(f"{base_url}/v1/acl/tokens?token={bootstrap}").status_code
+    kv_read = reader.get(f"{base_url}/v1/kv/{KV_KEY}?raw&token={bootstrap}").status_code
+    assert (acl_read, kv_read) == (403, 200)
+    anonymous_try = anonymous().put(url, data="x", headers={"X-Consul-Token": bootstrap}).status_code
+    assert anonymous_try == 401
     server = get_host(group("consul_servers")[0])
-    from conftest import api_call
-
     assert api_call(server, "kv/edge-test/stolen")[0] == 404
 
 

@@ -145,6 +145,8 @@ def test_token_files_are_private(app):
 
 
 def test_secret_configs_and_keys_are_not_world_readable(host):
+    if not host.file("/etc/consul.d").exists:
+        pytest.skip("no Consul agent on this host (the IdP)")
     for path in ("/etc/consul.d/gossip.hcl", "/etc/consul.d/acl.hcl"):
         config = host.file(path)
         assert (config.user, config.group, config.mode) == ("root", "consul", 0o640)
@@ -174,9 +176,15 @@ def _secret_values() -> list[str]:
     values = [p.read_text().strip() for p in (SECRETS / "consul_tokens").iterdir()]
     values += [(SECRETS / "consul_gossip_key").read_text().strip(),
                (SECRETS / "consul_acl_bootstrap_token").read_text().strip()]
-    for key in (SECRETS / "tls").glob("*key.pem"):
+    for key in [*(SECRETS / "tls").glob("*key.pem"), *(SECRETS / "web-ca").glob("*key.pem")]:
         values += [line for line in key.read_text().splitlines()
                    if line and not line.startswith("-----")]
+    # The edge's and the lab IdP's: OAuth2 client secret, cookie secrets, the
+    # IdP's system secret and the lab users' passwords.
+    for path in [*(SECRETS / "oidc").glob("*"), SECRETS / "oauth2-proxy-cookie-secret",
+                 *(SECRETS / "lab_idp").rglob("*")]:
+        if path.is_file() and ".ansible_lockfile" not in path.name:
+            values.append(path.read_text().strip())
     return values
 
 
@@ -204,6 +212,8 @@ UNITS_BY_GROUP = {
     "consul_servers": ["consul"],
     "consul_clients": ["consul"],
     "app": ["consul-template", "python-web-service"],
+    "edge": ["consul-template", "oauth2-proxy"],
+    "lab_idp": ["hydra", "lab-idp-login"],
 }
 
 

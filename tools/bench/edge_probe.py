@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Time requests at the edge host itself (standard library only), so that
+nginx, oauth2-proxy, Consul and an app instance are compared on one clock
+with no docker NAT in the path. Reads its settings as JSON on stdin (the
+session cookie among them, so it shows in no process list) and prints one
+JSON document: per scenario, sequential latencies over one keep-alive
+connection, and requests per second with several connections.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import sys
+import threading
+import time
+
+NGINX_CA = "/etc/nginx/tls/ca.pem"
+
+
+def connect(scenario: dict) -> http.client.HTTPConnection:
+    if scenario["tls"]:
+        context = ssl.create_default_context(cafile=NGINX_CA)
+        context.check_hostname = False  # the certificate names localhost; we dial 127.0.0.1
+        return http.client.HTTPSConnection(scenario["host"], scenario["port"], context=context,
+                                           timeout=10)
+    return http.client.HTTPConnection(scenario["host"], scenario["port"], timeout=10)
+
+
+def one(conn: http.client.HTTPConnection, scenario: dict) -> float:
+    started = time.perf_counter()
+    conn.request("GET", scenario["path"], headers=scenario.get("headers", {}))
+    response = conn.getresponse()
+    response.read()
+    elapsed = time.perf_counter() - started
+    if response.status != scenario.get("status", 200):
+        raise RuntimeError(f"{scenario['name']}: HTTP {response.status}")
+    return elapsed
+
+
+def sequential(scenario: dict, count: int, warmup: int) -> list[float]:
+    conn = connect(scenario)
+    for _ in range(warmup):
+        one(conn, scenario)
+    samples = [one(conn, scenario) for _ in range(count)]
+    conn.close()
+    return samples
+
+
+def throughput(scenario: dict, connections: int, seconds: float) -> dict:
+    done, failed = [0] * connections, [0] * connections
+    stop = time.perf_counter() + seconds
+
+    def worker(index: int) -> None:
+        conn = connect(scenario)
+        while time.perf_counter() < stop:
+            try:
+                one(conn, scenario)
+                done[index] += 1
+            except (OSError, RuntimeError, http.client.HTTPException):
+                failed[index] += 1
+                conn.close()
+                conn = connect(scenario)
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"connections": connections, "seconds": seconds,
+            "requests_per_s": round(sum(done) / seconds, 1), "failed": sum(failed)}
+
+
+def main() -> int:
+    settings = json.load(sys.stdin)
+    with open(settings["consul_token_file"], encoding="utf-8") as handle:
+        token = handle.read().strip()
+    cookie = {"Cookie": settings["cookie"]}
+    kv = f"/v1/kv/{settings['kv_key']}?raw"
+    app_host, app_port = settings["app"].rsplit(":", 1)
+    scenarios = [
+        {"name": "app_direct", "tls": False, "host": app_host, "port": int(app_port), "path": "/"},
+        {"name": "edge_root", "tls": True, "host": "127.0.0.1", "port": 443, "path": "/"},
+        {"name": "consul_direct", "tls": False, "host": "127.0.0.1", "port": 8500, "path": kv,
+         "headers": {"X-Consul-Token": token}},
+        {"name": "edge_api", "tls": True, "host": "127.0.0.1", "port": 443, "path": kv,
+         "headers": cookie},
+        {"name": "auth_request_alone", "tls": False, "host": "127.0.0.1", "port": 4180,
+         "path": "/oauth2/auth", "headers": cookie, "status": 202},
+    ]
+    results = {}
+    for scenario in scenarios:
+        results[scenario["name"]] = {
+            "samples_s": sequential(scenario, settings["count"], settings["warmup"]),
+            "throughput": throughput(scenario, settings["connections"], settings["seconds"]),
+        }
+    json.dump(results, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

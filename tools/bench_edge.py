@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""`make bench-edge`: what the edge costs.
+
+Signs in at the lab's edge as the reader (Debian's chromium through the real
+IdP), then runs tools/bench/edge_probe.py on edge-1 and compares, on one
+clock: `/` through nginx vs one app instance directly; a Consul KV read
+through nginx (TLS, auth_request to oauth2-proxy, group token) vs straight
+to the local agent; and the auth_request call alone. Prints a table and
+writes docs/bench/edge.json and docs/bench/edge.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_propagation import container_ip, percentile, run
+from lab_browser import session_cookie, sign_in, trusted_browser
+
+REPO = Path(__file__).resolve().parent.parent
+PROBE = REPO / "tools" / "bench" / "edge_probe.py"
+OUT = REPO / "docs" / "bench"
+SECRETS = REPO / "inventories" / "lab" / ".secrets"
+BASE_URL = "https://localhost:8443"
+LABELS = {
+    "app_direct": "/ straight to app-1",
+    "edge_root": "/ through nginx (TLS)",
+    "consul_direct": "KV read straight to the agent",
+    "edge_api": "KV read through nginx + auth_request",
+    "auth_request_alone": "oauth2-proxy /oauth2/auth alone",
+}
+
+
+def summarise(raw: dict) -> dict:
+    summary = {}
+    for name, result in raw.items():
+        ms = [v * 1000 for v in result["samples_s"]]
+        summary[name] = {"label": LABELS[name], "requests": len(ms),
+                         **{f"p{p}_ms": round(percentile(ms, p), 2) for p in (50, 95, 99)},
+                         **result["throughput"]}
+    root, app = summary["edge_root"]["p50_ms"], summary["app_direct"]["p50_ms"]
+    summary["_derived"] = {
+        "nginx_added_at_median_ms": round(root - app, 2),
+        "nginx_added_at_median_pct": round(100 * (root - app) / app, 1),
+        "edge_api_added_at_median_ms": round(summary["edge_api"]["p50_ms"]
+                                             - summary["consul_direct"]["p50_ms"], 2),
+        "auth_request_p50_ms": summary["auth_request_alone"]["p50_ms"],
+    }
+    return summary
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in summary if not n.startswith("_")]
+    fig, (lat, rps) = plt.subplots(1, 2, figsize=(12, 4.2))
+    y = range(len(names))
+    lat.barh(y, [summary[n]["p50_ms"] for n in names], label="p50")
+    lat.barh(y, [summary[n]["p99_ms"] - summary[n]["p50_ms"] for n in names],
+             left=[summary[n]["p50_ms"] for n in names], alpha=0.4, label="p50 -> p99")
+    lat.set_yticks(list(y), [summary[n]["label"] for n in names], fontsize=8)
+    lat.set_xlabel("latency, one keep-alive connection (ms)")
+    lat.legend(fontsize=8)
+    lat.grid(axis="x", alpha=0.3)
+    rps.barh(y, [summary[n]["requests_per_s"] for n in names], color="tab:green")
+    rps.set_yticks(list(y), [""] * len(names))
+    rps.set_xlabel(f"requests/s ({summary[names[0]]['connections']} connections)")
+    rps.grid(axis="x", alpha=0.3)
+    fig.suptitle("The edge: nginx, auth_request and Consul, measured on edge-1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=2000, help="sequential requests per scenario")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--user", default="reader")
+    args = parser.parse_args(argv)
+
+    password = (SECRETS / "lab_idp" / "users" / args.user).read_text(encoding="utf-8").strip()
+    with trusted_browser(SECRETS / "web-ca" / "web-ca.pem") as browser:
+        context, _ = sign_in(browser, BASE_URL, args.user, password)
+        cookie = session_cookie(context)
+        context.close()
+    settings = {"cookie": cookie, "kv_key": "python-web-service/greeting",
+                "consul_token_file": "/etc/consul-tokens/ui-read-only.token",
+                "app": f"{container_ip('app-1')}:8080", "count": args.count,
+                "warmup": args.warmup, "connections": args.connections, "seconds": args.seconds}
+    run("docker", "cp", str(PROBE), "edge-1:/root/edge_probe.py")
+    probe = subprocess.run(["docker", "exec", "-i", "edge-1", "python3", "/root/edge_probe.py"],
+                           input=json.dumps(settings), check=True, capture_output=True, text=True)
+    summary = summarise(json.loads(probe.stdout))
+
+    print(f"{'scenario':40} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>9}")
+    for name, row in summary.items():
+        if not name.startswith("_"):
+            print(f"{row['label']:40} {row['p50_ms']:8} {row['p95_ms']:8} {row['p99_ms']:8} "
+                  f"{row['requests_per_s']:9}")
+    derived = summary["_derived"]
+    print(f"\nnginx adds {derived['nginx_added_at_median_ms']} ms at the median of / "
+          f"({derived['nginx_added_at_median_pct']} %, target under 10 %)")
+    print(f"through the edge a KV read takes {derived['edge_api_added_at_median_ms']} ms more at "
+          f"the median; the auth_request call alone takes {derived['auth_request_p50_ms']} ms")
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    report = {"measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "settings": {k: v for k, v in settings.items() if k != "cookie"},
+              "summary": summary}
+    (OUT / "edge.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    plot(summary, OUT / "edge.png")
+    print(f"\nwrote {OUT / 'edge.json'} and {OUT / 'edge.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
