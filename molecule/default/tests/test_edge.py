@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from base64 import b64decode
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,30 @@ def test_reader_reads_kv_but_cannot_write(reader, admin, base_url, kv_value):
     assert admin.delete(f"{base_url}/v1/kv/edge-test/admin").json() is True
 
 
+def test_blocking_queries_pass_through_the_edge(reader, admin, base_url, kv_value):
+    """The UI watches with blocking queries (?index=&wait=): nginx must hold
+    them open, and hand back the answer when the value changes."""
+    first = reader.get(f"{base_url}/v1/kv/{KV_KEY}")
+    index = first.headers["X-Consul-Index"]
+    started = time.monotonic()
+    unchanged = reader.get(f"{base_url}/v1/kv/{KV_KEY}?index={index}&wait=3s", timeout=30)
+    waited = time.monotonic() - started
+    assert unchanged.status_code == 200 and waited >= 2.5, (unchanged.status_code, waited)
+
+    def change_soon() -> None:
+        time.sleep(1)
+        admin.put(f"{base_url}/v1/kv/{KV_KEY}", data=kv_value + "-changed")
+
+    writer = threading.Thread(target=change_soon)
+    writer.start()
+    changed = reader.get(f"{base_url}/v1/kv/{KV_KEY}?index={index}&wait=60s", timeout=90)
+    writer.join()
+    admin.put(f"{base_url}/v1/kv/{KV_KEY}", data=kv_value)
+    assert changed.status_code == 200
+    assert int(changed.headers["X-Consul-Index"]) > int(index)
+    assert b64decode(changed.json()[0]["Value"]).decode() == kv_value + "-changed"
+
+
 def test_user_in_no_group_gets_403(browser, base_url, kv_value):
     context, page = sign_in(browser, base_url, "outsider")
     try:
@@ -248,6 +273,7 @@ def test_stopped_instance_leaves_the_upstream_with_no_failed_request(edge, apps,
     app = apps[0]
     address = app.interface("eth0").addresses[0]
     assert address in upstream_lines(edge)
+    nginx_pid = edge.check_output("systemctl show --value -p MainPID nginx.service")
     with Load(f"{base_url}/") as load:
         time.sleep(1)
         app.run("systemctl stop python-web-service.service")
@@ -263,6 +289,8 @@ def test_stopped_instance_leaves_the_upstream_with_no_failed_request(edge, apps,
           f"{load.ok} requests served, {len(load.failed)} failed")
     assert load.ok > 50
     assert load.failed == []
+    # Both upstream changes were reloads: the same nginx master serves.
+    assert edge.check_output("systemctl show --value -p MainPID nginx.service") == nginx_pid
 
 
 def test_with_the_idp_stopped_sign_in_shows_a_clear_error_and_root_serves(idp, base_url):
