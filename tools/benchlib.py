@@ -1,0 +1,203 @@
+"""Helpers shared by the benchmark and chaos tools (`make bench`, `make chaos`).
+
+Everything here talks to the lab through the docker CLI and the inventories'
+secrets folders; nothing needs a network route into the lab.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "docs" / "bench"
+BIN = Path(sys.executable).parent
+LAB_INVENTORY = REPO / "inventories" / "lab"
+LAB_SECRETS = LAB_INVENTORY / ".secrets"
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
+
+
+def run(*argv: str, capture: bool = False, check: bool = True,
+        stdin: str | None = None) -> str:
+    result = subprocess.run(argv, check=check, text=True, input=stdin,
+                            stdout=subprocess.PIPE if capture else None)
+    return result.stdout if capture else ""
+
+
+def container_ip(name: str) -> str:
+    return run("docker", "inspect", "--format",
+               "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name,
+               capture=True).strip()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def consul_api(container: str, path: str, token_file: Path, method: str = "GET",
+               timeout: float = 5.0) -> tuple[int, str]:
+    """One HTTP call to the agent on `container`, the token passed on stdin."""
+    script = ('curl -s -m "$1" -o /dev/stdout -w "\\n%{http_code}" -X "$2" '
+              '-H "X-Consul-Token: $(cat)" "http://127.0.0.1:8500$3"')
+    result = subprocess.run(
+        ["docker", "exec", "-i", container, "sh", "-c", script, "sh", str(timeout), method, path],
+        input=token_file.read_text(encoding="utf-8").strip(), capture_output=True, text=True,
+        check=False)
+    body, _, code = result.stdout.rpartition("\n")
+    return (int(code) if code.isdigit() else 0), body
+
+
+def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> float | None:
+    """Seconds until check() is true, or None after timeout."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return round(time.monotonic() - start, 2)
+        time.sleep(interval)
+    return None
+
+
+def playbook(inventory: Path, *playbooks: str, env: dict[str, str] | None = None,
+             log: Path | None = None, extra: list[str] | None = None) -> dict:
+    """Run ansible-playbook; wall time, the recap per host and the slowest tasks."""
+    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory),
+            *[str(REPO / p) for p in playbooks], *(extra or [])]
+    start = time.monotonic()
+    result = subprocess.run(argv, cwd=REPO, env={**os.environ, **(env or {})}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    wall = time.monotonic() - start
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(result.stdout, encoding="utf-8")
+    if result.returncode != 0:
+        tail = "\n".join(result.stdout.splitlines()[-40:])
+        raise SystemExit(f"{' '.join(playbooks)} failed (rc {result.returncode}):\n{tail}")
+    recap = {}
+    for line in result.stdout.split("PLAY RECAP")[-1].splitlines():
+        if match := RECAP.match(line):
+            recap[match[1]] = {"ok": int(match[2]), "changed": int(match[3])}
+    return {"wall_s": round(wall, 1), "changed": sum(h["changed"] for h in recap.values()),
+            "tasks_ok": sum(h["ok"] for h in recap.values()), "hosts": len(recap),
+            "slowest_tasks": slowest_tasks(result.stdout)}
+
+
+def slowest_tasks(output: str, count: int = 5) -> list[dict]:
+    """The top of every profile_tasks recap in the output, merged."""
+    rows = []
+    for block in output.split("TASKS RECAP")[1:]:
+        for line in block.splitlines():
+            if match := re.match(r"^(.+?) -+ (\d+\.\d+)s$", line.strip()):
+                rows.append({"task": match[1].strip(), "s": float(match[2])})
+    return sorted(rows, key=lambda r: -r["s"])[:count]
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        mem_kib = int(meminfo.read_text().split()[1])
+    docker = run("docker", "version", "--format", "{{.Server.Version}}", capture=True,
+                 check=False).strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1),
+            "kernel": platform.release(), "os": platform.platform(), "docker": docker,
+            "python": platform.python_version()}
+
+
+def write_report(name: str, data: dict) -> Path:
+    """docs/bench/<name>.json with the date and the machine."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    document = {"benchmark": name,
+                "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "machine": machine(), **data}
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+# The lab's Consul servers, seen from outside: leader, health, kills.
+SERVERS = ["consul-server-1", "consul-server-2", "consul-server-3"]
+MANAGEMENT_TOKEN = LAB_SECRETS / "consul_acl_bootstrap_token"
+
+
+def leader(servers: list[str] = SERVERS) -> str | None:
+    """The container that leads raft, as the first server that answers sees it."""
+    for server in servers:
+        code, body = consul_api(server, "/v1/status/leader", MANAGEMENT_TOKEN, timeout=2)
+        address = json.loads(body) if code == 200 and body else ""
+        if address:
+            ip = address.rsplit(":", 1)[0]
+            return next((s for s in SERVERS if container_ip(s) == ip), None)
+    return None
+
+
+def cluster_healthy(servers: list[str] = SERVERS) -> bool:
+    """A leader, and autopilot reports every server healthy, seen from each server."""
+    for server in servers:
+        code, body = consul_api(server, "/v1/operator/autopilot/health", MANAGEMENT_TOKEN,
+                                timeout=2)
+        if code != 200:
+            return False
+        health = json.loads(body)
+        if not health.get("Healthy") or len(health.get("Servers", [])) != len(SERVERS):
+            return False
+    return True
+
+
+def kill_consul(container: str) -> float:
+    """SIGKILL the agent (systemd restarts it); the wall time just after the kill."""
+    out = run("docker", "exec", container, "sh", "-c",
+              "systemctl kill --signal=KILL consul.service; date +%s.%N", capture=True)
+    return float(out.split()[-1])
+
+
+class LedgerProbe:
+    """tools/bench/write_ledger_probe.py on a lab host, for a `with` block."""
+
+    def __init__(self, host: str = "edge-1",
+                 token_file: str = "/etc/consul-tokens/ui-operator.token", writers: int = 4):
+        self.host, self.argv = host, ["--token-file", token_file, "--writers", str(writers)]
+        self.result: dict = {}
+
+    def __enter__(self) -> LedgerProbe:
+        probe = Path(__file__).resolve().parent / "bench" / "write_ledger_probe.py"
+        run("docker", "cp", str(probe), f"{self.host}:/root/write_ledger_probe.py")
+        self.process = subprocess.Popen(
+            ["docker", "exec", "-i", self.host, "python3", "/root/write_ledger_probe.py",
+             *self.argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        out, _ = self.process.communicate(timeout=600)
+        if self.process.returncode != 0:
+            raise SystemExit(f"the write probe on {self.host} failed (rc {self.process.returncode})")
+        self.result = json.loads(out)
+
+
+def recovery_after(writes: list[dict], kill_at: float) -> dict:
+    """Kill -> the end of the first acknowledged write sent after it."""
+    after = [w for w in writes if w["start"] >= kill_at]
+    first = next((w for w in after if w["acked"]), None)
+    window = [w for w in writes if w["end"] >= kill_at and (first is None or w["start"] <= first["end"])]
+    return {"recovery_s": round(first["end"] - kill_at, 3) if first else None,
+            "failed_writes": sum(not w["acked"] for w in window),
+            "slowest_write_s": round(max((w["end"] - w["start"] for w in window), default=0), 3)}
