@@ -45,17 +45,26 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
-def consul_api(container: str, path: str, token_file: Path, method: str = "GET",
-               timeout: float = 5.0) -> tuple[int, str]:
-    """One HTTP call to the agent on `container`, the token passed on stdin."""
-    script = ('curl -s -m "$1" -o /dev/stdout -w "\\n%{http_code}" -X "$2" '
-              '-H "X-Consul-Token: $(cat)" "http://127.0.0.1:8500$3"')
+def consul_api(container: str, path: str, token_file: Path | str, method: str = "GET",
+               body: str | None = None, timeout: float = 5.0) -> tuple[int, str]:
+    """One HTTP call to the agent on `container`.
+
+    token_file is a file on this machine (a Path; its token goes in on stdin,
+    never on a command line) or a path inside the container (a str).
+    """
+    if isinstance(token_file, Path):
+        read_token, stdin = "IFS= read -r t", token_file.read_text(encoding="utf-8").strip() + "\n"
+    else:
+        read_token, stdin = 't=$(cat "$4")', ""
+    data = '--data-binary @-' if body is not None else ""
+    script = (f'{read_token}; curl -s -m "$1" -w "\\n%{{http_code}}" -X "$2" {data} '
+              '-H "X-Consul-Token: $t" "http://127.0.0.1:8500$3"')
     result = subprocess.run(
-        ["docker", "exec", "-i", container, "sh", "-c", script, "sh", str(timeout), method, path],
-        input=token_file.read_text(encoding="utf-8").strip(), capture_output=True, text=True,
-        check=False)
-    body, _, code = result.stdout.rpartition("\n")
-    return (int(code) if code.isdigit() else 0), body
+        ["docker", "exec", "-i", container, "sh", "-c", script, "sh", str(timeout), method, path,
+         str(token_file)],
+        input=stdin + (body or ""), capture_output=True, text=True, check=False)
+    response, _, code = result.stdout.rpartition("\n")
+    return (int(code) if code.isdigit() else 0), response
 
 
 def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> float | None:
@@ -173,8 +182,11 @@ class LedgerProbe:
     """tools/bench/write_ledger_probe.py on a lab host, for a `with` block."""
 
     def __init__(self, host: str = "edge-1",
-                 token_file: str = "/etc/consul-tokens/ui-operator.token", writers: int = 4):
-        self.host, self.argv = host, ["--token-file", token_file, "--writers", str(writers)]
+                 token_file: str = "/etc/consul-tokens/ui-operator.token", writers: int = 4,
+                 timeout: float = 10.0):
+        self.host = host
+        self.argv = ["--token-file", token_file, "--writers", str(writers),
+                     "--timeout", str(timeout)]
         self.result: dict = {}
 
     def __enter__(self) -> LedgerProbe:

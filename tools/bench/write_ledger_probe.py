@@ -35,7 +35,7 @@ def request(method: str, path: str, token: str, body: str | None = None,
         conn.close()
 
 
-def writer(index: int, prefix: str, token: str, stop: threading.Event,
+def writer(index: int, prefix: str, token: str, timeout: float, stop: threading.Event,
            ledger: list, lock: threading.Lock) -> None:
     seq = 0
     while not stop.is_set():
@@ -43,7 +43,7 @@ def writer(index: int, prefix: str, token: str, stop: threading.Event,
         key, value = f"{prefix}/{index}-{seq}", uuid.uuid4().hex
         start = time.time()
         try:
-            status, body = request("PUT", f"/v1/kv/{key}", token, value)
+            status, body = request("PUT", f"/v1/kv/{key}", token, value, timeout)
             acked = status == 200 and body.strip() == "true"
             error = "" if acked else f"HTTP {status}: {body.strip()[:80]}"
         except OSError as exc:
@@ -75,13 +75,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--token-file", required=True)
     parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per write")
     parser.add_argument("--prefix", default=f"bench/ledger-{uuid.uuid4().hex[:8]}")
     args = parser.parse_args()
     with open(args.token_file, encoding="utf-8") as handle:
         token = handle.read().strip()
 
     stop, lock, ledger = threading.Event(), threading.Lock(), []
-    threads = [threading.Thread(target=writer, args=(i, args.prefix, token, stop, ledger, lock))
+    threads = [threading.Thread(target=writer, args=(i, args.prefix, token, args.timeout, stop, ledger, lock))
                for i in range(args.writers)]
     for thread in threads:
         thread.start()
