@@ -61,7 +61,16 @@ lab: image mirror wheelhouse ## Set up everything, bring up the lab, run site.ym
 	@$(MAKE) --no-print-directory lab-status
 
 .PHONY: bench
-bench: bench-propagation bench-edge ## Every benchmark; reports (JSON + PNG) go to docs/bench/
+bench: bench-converge bench-scale bench-propagation bench-edge bench-failover bench-hardening ## Every benchmark, then docs/bench/REPORT.md (takes ~35 min)
+	$(BIN)/python tools/bench_report.py
+
+.PHONY: bench-converge
+bench-converge: image mirror wheelhouse ## Fresh and re-run converge, stock vs Mitogen; rebuilds the lab (docs/bench/converge.*)
+	$(BIN)/python tools/bench_converge.py converge
+
+.PHONY: bench-scale
+bench-scale: image mirror ## 3 servers + 5/10/20 clients beside the lab: converge and settle times (docs/bench/scale.*)
+	$(BIN)/python tools/bench_converge.py scale
 
 .PHONY: bench-edge
 bench-edge: lab browser ## The edge: / through nginx vs direct, auth_request cost (docs/bench/edge.*)
@@ -70,6 +79,23 @@ bench-edge: lab browser ## The edge: / through nginx vs direct, auth_request cos
 .PHONY: bench-propagation
 bench-propagation: lab ## KV change -> served, ours (reload) vs the seed's (restart), under load
 	$(BIN)/python tools/bench_propagation.py
+
+.PHONY: bench-failover
+bench-failover: lab ## kill -9 the leader 20 times under KV writes (docs/bench/failover.*)
+	$(BIN)/python tools/bench_failover.py
+
+.PHONY: bench-hardening
+bench-hardening: lab ## systemd-analyze security of every unit on the lab (docs/bench/hardening.*)
+	$(BIN)/python tools/bench_hardening.py
+
+.PHONY: bench-report
+bench-report: venv ## Rewrite docs/bench/REPORT.md from the JSON reports
+	$(BIN)/python tools/bench_report.py
+
+.PHONY: chaos
+chaos: lab ## Fault drills against the lab, pass/fail table into docs/bench/REPORT.md
+	status=0; $(BIN)/python tools/chaos.py || status=$$?; \
+	  $(BIN)/python tools/bench_report.py; exit $$status
 
 .PHONY: greeting
 greeting: venv ## Change the greeting in Consul KV and wait for every instance: GREETING='Hello Consul'

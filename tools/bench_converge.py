@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import LAB_INVENTORY, REPO, consul_api, playbook, wait_for, write_report
+from benchlib import LAB_INVENTORY, OUT, REPO, consul_api, playbook, wait_for, write_report
 
 BENCH_INVENTORY = REPO / "inventories" / "bench" / "hosts.py"
 BENCH_SECRETS = REPO / "inventories" / "bench" / ".secrets"
@@ -87,6 +87,56 @@ def bench_lab(variant: str) -> dict:
     return {"variant": variant, "containers_s": up["wall_s"], "fresh": fresh, "rerun": rerun}
 
 
+def plot_converge(data: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, scope, title in ((axes[0], "cluster", "3 servers + 2 clients (consul.yml)"),
+                             (axes[1], "lab", "the whole lab (site.yml, 8 hosts)")):
+        runs = data[scope]
+        labels = [r["variant"] for r in runs]
+        x = range(len(runs))
+        fresh = ax.bar([i - 0.2 for i in x], [r["fresh"]["wall_s"] for r in runs], 0.4,
+                       label="fresh")
+        rerun = ax.bar([i + 0.2 for i in x], [r["rerun"]["wall_s"] for r in runs], 0.4,
+                       label="re-run (changed=0)")
+        ax.bar_label(fresh, fmt="%.0f s", fontsize=8)
+        ax.bar_label(rerun, fmt="%.0f s", fontsize=8)
+        ax.set_xticks(list(x), labels)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("wall time (s)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].axhline(60, color="tab:blue", linestyle="--", linewidth=1)
+    axes[0].axhline(16, color="tab:orange", linestyle="--", linewidth=1)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Converge time, before (stock strategy) and after (Mitogen); dashed: targets")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_scale(data: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = data["runs"]
+    clients = [r["clients"] for r in runs]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(clients, [r["fresh"]["wall_s"] for r in runs], marker="o", label="fresh converge")
+    ax.plot(clients, [r["rerun"]["wall_s"] for r in runs], marker="o", label="re-run")
+    ax.set_xlabel("client agents (plus 3 servers)")
+    ax.set_ylabel("wall time (s)")
+    ax.set_xticks(clients)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("consul.yml converge time by cluster size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         playbook(BENCH_INVENTORY, "playbooks/lab/down.yml", env={"BENCH_CLIENTS": str(MAX_CLIENTS)})
     data["benchmark_wall_s"] = round(time.monotonic() - start)
-    print(f"wrote {write_report(args.part, data)}")
+    path = write_report(args.part, data)
+    (plot_converge if args.part == "converge" else plot_scale)(data, OUT / f"{args.part}.png")
+    print(f"wrote {path} and {OUT / f'{args.part}.png'}")
     return 0
 
 

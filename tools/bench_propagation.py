@@ -16,17 +16,14 @@ Writes docs/bench/propagation.json and docs/bench/propagation.png.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import OUT, REPO, container_ip, percentile, run, write_report
+
 PROBE = REPO / "tools" / "bench" / "propagation_probe.py"
-OUT = REPO / "docs" / "bench"
 INVENTORY = REPO / "inventories" / "lab"
 APPROACHES = {
     "ours": "consul-template renders JSON, service reloads in place (SIGHUP)",
@@ -36,28 +33,10 @@ PORTS = {"ours": 8080, "seed": 8081}
 DAEMONS = {"ours": "consul-template", "seed": "consul-template-seed"}
 
 
-def run(*argv: str, capture: bool = False) -> str:
-    result = subprocess.run(argv, check=True, text=True,
-                            stdout=subprocess.PIPE if capture else None)
-    return result.stdout if capture else ""
-
-
-def container_ip(name: str) -> str:
-    return run("docker", "inspect", "--format",
-               "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name,
-               capture=True).strip()
-
-
 def seed_approach(state: str) -> None:
     run(str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(INVENTORY),
         str(REPO / "playbooks" / "bench" / "seed_approach.yml"),
         "-e", f"bench_seed_state={state}")
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
 def summarise(raws: dict[str, dict]) -> dict:
@@ -129,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-host", default="edge-1")
     parser.add_argument("--token-file", default="/etc/consul-tokens/ui-operator.token",
                         help="on the probe host: a token that may write the key")
-    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
 
     seed_approach("present")
@@ -155,18 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         seed_approach("absent")
 
     summary = summarise(raws)
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "propagation",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count()},
+    write_report("propagation", {
         "setup": ("lab: 3 servers, app-1 and app-2, probe on edge-1; one approach at a "
                   "time, ~100 req/s on each of its instances"),
         "results": summary,
         "raw": raws,
-    }
-    (args.out / "propagation.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(summary, args.out / "propagation.png")
+    })
+    plot(summary, OUT / "propagation.png")
     print(f"{'approach':<6} {'changes':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
           f"{'requests':>9} {'failed':>7} {'failed %':>8}")
     for approach, result in summary.items():
@@ -177,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{approach}: after the write was acknowledged p50/p95/p99 "
               f"{'/'.join(str(v) for v in result['after_write_ack_ms'].values())} ms; "
               f"KV write itself {'/'.join(str(v) for v in result['kv_write_ms'].values())} ms")
-    print(f"report: {args.out / 'propagation.json'}, {args.out / 'propagation.png'}")
+    print(f"report: {OUT / 'propagation.json'}, {OUT / 'propagation.png'}")
     return 0
 
 

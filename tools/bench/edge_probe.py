@@ -4,7 +4,7 @@ nginx, oauth2-proxy, Consul and an app instance are compared on one clock
 with no docker NAT in the path. Reads its settings as JSON on stdin (the
 session cookie among them, so it shows in no process list) and prints one
 JSON document: per scenario, sequential latencies over one keep-alive
-connection, and requests per second with several connections.
+connection, and requests per second and latency with several connections.
 """
 
 from __future__ import annotations
@@ -50,13 +50,14 @@ def sequential(scenario: dict, count: int, warmup: int) -> list[float]:
 
 def throughput(scenario: dict, connections: int, seconds: float) -> dict:
     done, failed = [0] * connections, [0] * connections
+    latencies: list[list[float]] = [[] for _ in range(connections)]
     stop = time.perf_counter() + seconds
 
     def worker(index: int) -> None:
         conn = connect(scenario)
         while time.perf_counter() < stop:
             try:
-                one(conn, scenario)
+                latencies[index].append(one(conn, scenario))
                 done[index] += 1
             except (OSError, RuntimeError, http.client.HTTPException):
                 failed[index] += 1
@@ -69,8 +70,11 @@ def throughput(scenario: dict, connections: int, seconds: float) -> dict:
         thread.start()
     for thread in threads:
         thread.join()
+    loaded = sorted(v for per_connection in latencies for v in per_connection)
     return {"connections": connections, "seconds": seconds,
-            "requests_per_s": round(sum(done) / seconds, 1), "failed": sum(failed)}
+            "requests_per_s": round(sum(done) / seconds, 1), "failed": sum(failed),
+            "loaded_p50_ms": round(1000 * loaded[len(loaded) // 2], 2),
+            "loaded_p99_ms": round(1000 * loaded[int(len(loaded) * 0.99)], 2)}
 
 
 def main() -> int:

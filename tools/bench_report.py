@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Write docs/bench/REPORT.md from the JSON reports in docs/bench/.
+
+Run by `make bench` and `make chaos` after their measurements; it only reads
+what they wrote, so it can be re-run at any time. A report that is missing
+says which make target measures it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import OUT
+
+
+def load(name: str) -> dict | None:
+    path = OUT / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def verdict(ok: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "-"}[ok]
+
+
+def table(header: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def missing(name: str, target: str) -> list[str]:
+    return [f"Not measured yet: `make {target}` writes `{name}.json`.", ""]
+
+
+def converge_section(data: dict | None, summary: list) -> list[str]:
+    out = ["## 1. Converge time", ""]
+    if not data:
+        return out + missing("converge", "bench-converge")
+    out += ["Wall time of `ansible-playbook` from the start to the recap. *Fresh*: new "
+            "containers (the benchmark cluster also starts without secrets, so the CA, "
+            "certificates and tokens are made too); *re-run*: the same again, which must "
+            "report changed=0. ACL (deny by default) and TLS are on. Variants: "
+            + "; ".join(f"*{k}*: {v}" for k, v in data["variants"].items()) + ".", ""]
+    rows = []
+    for scope, label in (("cluster", "3 servers + 2 clients, consul.yml"),
+                         ("lab", "whole lab, site.yml (8 hosts)")):
+        for run in data[scope]:
+            rows.append([label, run["variant"], f"{run['fresh']['wall_s']} s",
+                         f"{run['rerun']['wall_s']} s", run["rerun"]["changed"],
+                         run["fresh"]["tasks_ok"]])
+    out += table(["scope", "variant", "fresh", "re-run", "re-run changed", "tasks (fresh, all hosts)"],
+                 rows)
+    after = next(r for r in data["cluster"] if r["variant"] == "after") if any(
+        r["variant"] == "after" for r in data["cluster"]) else None
+    if after:
+        summary.append(["Converge 3+2, fresh", f"{after['fresh']['wall_s']} s", "< 60 s",
+                        verdict(after["fresh"]["wall_s"] < 60)])
+        summary.append(["Converge 3+2, re-run", f"{after['rerun']['wall_s']} s "
+                        f"(changed={after['rerun']['changed']})", "< 16 s, changed=0",
+                        verdict(after["rerun"]["wall_s"] < 16 and after["rerun"]["changed"] == 0)])
+        out += ["", "Slowest tasks of the fresh 3+2 run (after):", ""]
+        out += table(["task", "s"], [[t["task"], t["s"]] for t in after["fresh"]["slowest_tasks"]])
+    for run in data["lab"]:
+        if run["variant"] == "after":
+            summary.append(["Converge whole lab, fresh / re-run",
+                            f"{run['fresh']['wall_s']} s / {run['rerun']['wall_s']} s "
+                            f"(changed={run['rerun']['changed']})", "-", "-"])
+    return [*out, "", "![converge](converge.png)", ""]
+
+
+def scale_section(data: dict | None, summary: list) -> list[str]:
+    out = ["## 5. Scale: 3 servers and up to 20 clients", ""]
+    if not data:
+        return out + missing("scale", "bench-scale")
+    out += [f"consul.yml on new containers ({data['variant']}). *Settle*: from the end of the "
+            "converge until every member is alive and every check passes.", ""]
+    out += table(["clients", "fresh converge", "re-run", "settle after converge"],
+                 [[r["clients"], f"{r['fresh']['wall_s']} s", f"{r['rerun']['wall_s']} s",
+                   f"{r['settle_after_converge_s']} s"] for r in data["runs"]])
+    runs = data["runs"]
+    if len(runs) > 1:
+        first, last = runs[0], runs[-1]
+        per_client = (last["fresh"]["wall_s"] - first["fresh"]["wall_s"]) / (
+            last["clients"] - first["clients"])
+        out += ["", f"From {first['clients']} to {last['clients']} clients the fresh converge "
+                f"grows by {per_client:.1f} s per client."]
+        summary.append([f"Scale: {last['clients']} clients, converge / all alive+healthy after",
+                        f"{last['fresh']['wall_s']} s / {last['settle_after_converge_s']} s",
+                        "-", "-"])
+    return [*out, "", "![scale](scale.png)", ""]
+
+
+def propagation_section(data: dict | None, summary: list) -> list[str]:
+    out = ["## 2. Config propagation (KV write -> served by every instance)", ""]
+    if not data:
+        return out + missing("propagation", "bench-propagation")
+    out += [data.get("setup", ""), ""]
+    rows = [[name, r["changes"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["requests"],
+             r["failed_requests"]] for name, r in data["results"].items()]
+    out += table(["approach", "changes", "p50 ms", "p95 ms", "p99 ms", "requests", "failed"], rows)
+    ours = data["results"]["ours"]
+    summary.append(["Propagation p99 (ours) / failed requests",
+                    f"{ours['p99_ms']} ms / {ours['failed_requests']}", "-", "-"])
+    return [*out, "", "![propagation](propagation.png)", ""]
+
+
+def edge_section(data: dict | None, summary: list) -> list[str]:
+    out = ["## 3. The edge: nginx and auth_request", ""]
+    if not data:
+        return out + missing("edge", "bench-edge")
+    s = data["summary"]
+    d = s["_derived"]
+    rows = [[r["label"], r["p50_ms"], r["p99_ms"], r.get("loaded_p50_ms", "-"),
+             r.get("loaded_p99_ms", "-"), r["requests_per_s"]]
+            for name, r in s.items() if not name.startswith("_")]
+    out += [f"Measured on edge-1 (client, nginx and oauth2-proxy share its 2 cores with the "
+            f"lab). Idle: {data['settings']['count']} sequential keep-alive requests; loaded: "
+            f"{data['settings']['connections']} connections for {data['settings']['seconds']} s.",
+            ""]
+    out += table(["scenario", "idle p50 ms", "idle p99 ms", "loaded p50 ms", "loaded p99 ms",
+                  "req/s (loaded)"], rows)
+    out += ["", f"nginx adds {d['nginx_added_at_median_ms']} ms ({d['nginx_added_at_median_pct']} %)"
+            f" at the idle median of `/`"]
+    if "nginx_added_at_loaded_median_pct" in d:
+        out[-1] += (f", {d['nginx_added_at_loaded_median_ms']} ms "
+                    f"({d['nginx_added_at_loaded_median_pct']} %) under load")
+        summary.append(["Edge: nginx added at the median of `/` (loaded)",
+                        f"{d['nginx_added_at_loaded_median_ms']} ms "
+                        f"({d['nginx_added_at_loaded_median_pct']} %)", "< 10 %",
+                        verdict(d["nginx_added_at_loaded_median_pct"] < 10)])
+    out[-1] += (f"; a `/v1/` call through the edge costs {d['edge_api_added_at_median_ms']} ms "
+                f"more at the median, of which auth_request is about {d['auth_request_p50_ms']} ms.")
+    return [*out, "", "![edge](edge.png)", ""]
+
+
+def failover_section(data: dict | None, summary: list) -> list[str]:
+    out = ["## 4. Leader failover under KV writes", ""]
+    if not data:
+        return out + missing("failover", "bench-failover")
+    s = data["summary"]
+    out += [data["setup"] + ".", ""]
+    out += table(["kills", "p50", "p99", "max", "writes", "failed (not acknowledged)",
+                  "acknowledged lost"],
+                 [[s["kills"], f"{s['p50_s']} s", f"{s['p99_s']} s", f"{s['max_s']} s",
+                   f"{s['writes']} ({s['write_rate_per_s']}/s)", s["writes_failed"],
+                   s["acked_writes_lost"]]])
+    out += ["", "Errors of the failed writes (they were never acknowledged): "
+            + "; ".join(f"`{k}`: {v}" for k, v in s.get("failed_write_errors", {}).items()), ""]
+    summary.append(["Failover: kill -> first acknowledged write, p50 / p99",
+                    f"{s['p50_s']} s / {s['p99_s']} s", "p99 < 2 s", verdict(s["p99_s"] < 2.0)])
+    return [*out, "![failover](failover.png)", ""]
+
+
+def hardening_section(data: dict | None, summary: list) -> list[str]:
+    out = ["## 6. Hardening (`systemd-analyze security`)", ""]
+    if not data:
+        return out + missing("hardening", "bench-hardening")
+    out += table(["unit", "owner", "exposure (worst host)", f"target {data['target']}"],
+                 [[r["unit"], r["owner"], r["worst_exposure"], verdict(r["meets_target"])]
+                  for r in data["summary"]])
+    ours = [r for r in data["summary"] if r["owner"] == "ours"]
+    summary.append(["Hardening: worst exposure of a unit we ship",
+                    max(r["worst_exposure"] for r in ours), "<= 3.0",
+                    verdict(all(r["meets_target"] for r in ours))])
+    public = data["public_role_consul_unit"]
+    return [*out, "", f"The most-used public Consul role's unit scores {public}.", "",
+            "![hardening](hardening.png)", ""]
+
+
+def chaos_section(data: dict | None, summary: list) -> list[str]:
+    out = ["## Chaos drills (`make chaos`)", ""]
+    if not data:
+        return out + missing("chaos", "chaos")
+    out += table(["drill", "result", "s", "what was checked"],
+                 [[d["drill"], "pass" if d["passed"] else "**FAIL**", d["duration_s"],
+                   "<br>".join(f"{'✔' if c['ok'] else '✘'} {c['check']}"
+                               + (f" ({c['seen']})" if c["seen"] else "") for c in d["checks"])]
+                  for d in data["drills"]])
+    passed = sum(d["passed"] for d in data["drills"])
+    summary.append(["Chaos drills passed", f"{passed} of {len(data['drills'])}", "all",
+                    verdict(passed == len(data["drills"]))])
+    return [*out, "", f"Run at {data['measured_at']}.", ""]
+
+
+def main() -> int:
+    reports = {n: load(n) for n in ("converge", "propagation", "edge", "failover", "scale",
+                                    "hardening", "chaos")}
+    summary: list[list[object]] = []
+    sections = (converge_section(reports["converge"], summary)
+                + propagation_section(reports["propagation"], summary)
+                + edge_section(reports["edge"], summary)
+                + failover_section(reports["failover"], summary)
+                + scale_section(reports["scale"], summary)
+                + hardening_section(reports["hardening"], summary)
+                + chaos_section(reports["chaos"], summary))
+    dated = [r for r in reports.values() if r and "machine" in r and "cpu" in r["machine"]]
+    latest = max(dated, key=lambda r: r["measured_at"]) if dated else None
+    lines = ["# Benchmarks and chaos drills", "",
+             "Written by `tools/bench_report.py` from the JSON files next to it "
+             "(`make bench`, `make chaos`). Numbers are from one run each; nothing here is a "
+             "test assertion.", ""]
+    if latest:
+        m = latest["machine"]
+        lines += [f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+                  f"kernel {m['kernel']}, docker {m['docker']}, Python {m['python']}. "
+                  "The lab is systemd containers on this one machine (3 servers, app-1, "
+                  "app-2, edge-1, idp-1), so every figure shares the same 2 cores.", ""]
+        lines += ["Measured at: " + ", ".join(
+            f"{name} {r.get('measured_at', r.get('date', '?'))}"
+            for name, r in reports.items() if r), ""]
+    lines += ["## Summary", "", *table(["figure", "measured", "target", "verdict"], summary)]
+    lines += ["", *sections]
+    (OUT / "REPORT.md").write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    print(f"wrote {OUT / 'REPORT.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
