@@ -94,7 +94,7 @@ def plot_converge(data: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, scope, title in ((axes[0], "cluster", "3 servers + 2 clients (consul.yml)"),
-                             (axes[1], "lab", "the whole lab (site.yml, 8 hosts)")):
+                             (axes[1], "lab", "the whole lab (site.yml)")):
         runs = data[scope]
         labels = [r["variant"] for r in runs]
         x = range(len(runs))
@@ -105,7 +105,7 @@ def plot_converge(data: dict, path: Path) -> None:
         ax.bar_label(fresh, fmt="%.0f s", fontsize=8)
         ax.bar_label(rerun, fmt="%.0f s", fontsize=8)
         ax.set_xticks(list(x), labels)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(f"{title}, {runs[0]['fresh']['hosts']} hosts", fontsize=10)
         ax.set_ylabel("wall time (s)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].axhline(60, color="tab:blue", linestyle="--", linewidth=1)

@@ -46,9 +46,10 @@ def converge_section(data: dict | None, summary: list) -> list[str]:
             + "; ".join(f"*{k}*: {v}" for k, v in data["variants"].items()) + ".", ""]
     rows = []
     for scope, label in (("cluster", "3 servers + 2 clients, consul.yml"),
-                         ("lab", "whole lab, site.yml (8 hosts)")):
+                         ("lab", "whole lab, site.yml")):
         for run in data[scope]:
-            rows.append([label, run["variant"], f"{run['fresh']['wall_s']} s",
+            rows.append([f"{label} ({run['fresh']['hosts']} hosts)", run["variant"],
+                         f"{run['fresh']['wall_s']} s",
                          f"{run['rerun']['wall_s']} s", run["rerun"]["changed"],
                          run["fresh"]["tasks_ok"]])
     out += table(["scope", "variant", "fresh", "re-run", "re-run changed", "tasks (fresh, all hosts)"],

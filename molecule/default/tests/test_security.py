@@ -212,19 +212,25 @@ UNITS_BY_GROUP = {
     "consul_servers": ["consul"],
     "consul_clients": ["consul"],
     "app": ["consul-template", "python-web-service"],
-    "edge": ["consul-template", "oauth2-proxy"],
+    "edge": ["consul-template", "oauth2-proxy", "nginx"],
     "lab_idp": ["hydra", "lab-idp-login"],
 }
+
+
+# Debian's nginx unit with our sandbox drop-in: its master must stay root to
+# bind 443 and read the root-only token map, which systemd scores higher.
+EXPOSURE_LIMITS = {"nginx": 3.0}
 
 
 @pytest.mark.parametrize(("group_name", "unit"), [
     (group_name, unit) for group_name, units in UNITS_BY_GROUP.items() for unit in units])
 def test_units_we_ship_are_hardened(group_name, unit):
     """systemd's own exposure score (0 best, 10 worst) stays at 2.0 or lower
-    for every unit we ship; the popular public Consul role's unit scores 9.3."""
+    for every unit we ship (nginx: 3.0); the popular public Consul role's unit
+    scores 9.3."""
     for name in group(group_name):
         result = get_host(name).run(f"systemd-analyze security {unit}.service")
         assert result.rc == 0, result.stderr
         last = result.stdout.strip().splitlines()[-1]
         score = float(last.split(":")[1].split()[0])
-        assert score <= 2.0, f"{name} {unit}: {last}"
+        assert score <= EXPOSURE_LIMITS.get(unit, 2.0), f"{name} {unit}: {last}"
