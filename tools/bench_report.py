@@ -150,6 +150,11 @@ def failover_section(data: dict | None, summary: list) -> list[str]:
                    s["acked_writes_lost"]]])
     out += ["", "Errors of the failed writes (they were never acknowledged): "
             + "; ".join(f"`{k}`: {v}" for k, v in s.get("failed_write_errors", {}).items()), ""]
+    seen = [r["new_leader_seen_s"] for r in data["rounds"] if r["new_leader_seen_s"] is not None]
+    if seen:
+        out += [f"A surviving server named the new leader {min(seen)}-{max(seen)} s after the "
+                "kill: raft's followers wait a random 1-2 x HeartbeatTimeout (1 s at "
+                "raft_multiplier = 1) before they stand for election.", ""]
     summary.append(["Failover: kill -> first acknowledged write, p50 / p99",
                     f"{s['p50_s']} s / {s['p99_s']} s", "p99 < 2 s", verdict(s["p99_s"] < 2.0)])
     return [*out, "![failover](failover.png)", ""]
