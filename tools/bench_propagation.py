@@ -21,10 +21,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import OUT, REPO, container_ip, percentile, run, write_report
+from benchlib import LAB_INVENTORY, OUT, REPO, container_ip, percentile, playbook, run, write_report
 
 PROBE = REPO / "tools" / "bench" / "propagation_probe.py"
-INVENTORY = REPO / "inventories" / "lab"
 APPROACHES = {
     "ours": "consul-template renders JSON, service reloads in place (SIGHUP)",
     "seed": "consul-template restarts the service on every change (the blog post)",
@@ -34,9 +33,8 @@ DAEMONS = {"ours": "consul-template", "seed": "consul-template-seed"}
 
 
 def seed_approach(state: str) -> None:
-    run(str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(INVENTORY),
-        str(REPO / "playbooks" / "bench" / "seed_approach.yml"),
-        "-e", f"bench_seed_state={state}")
+    playbook(LAB_INVENTORY, "playbooks/bench/seed_approach.yml",
+             extra=["-e", f"bench_seed_state={state}"])
 
 
 def summarise(raws: dict[str, dict]) -> dict:
