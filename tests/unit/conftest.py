@@ -20,22 +20,32 @@ sys.path.insert(0, str(REPO / "tools"))
 import release_mirror  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def consul_bin(tmp_path_factory) -> Path:
-    """The pinned Consul from the mirror, checked against its SHA256SUMS."""
-    rel = next(r for r in release_mirror.load_manifest() if r.product == "consul")
+def mirrored_binary(product: str, folder: Path) -> Path:
+    """The pinned release of `product` from the mirror, checked against its
+    SHA256SUMS and unpacked into `folder`."""
+    rel = next(r for r in release_mirror.load_manifest() if r.product == product)
     mirror = release_mirror.cache_root() / "releases"
     if not release_mirror.is_cached(rel, mirror):
-        pytest.fail(f"consul {rel.version} is not in the mirror {mirror}; run `make mirror`")
-    folder = mirror / rel.rel_dir
-    archive = folder / rel.archive
+        pytest.fail(f"{product} {rel.version} is not in the mirror {mirror}; run `make mirror`")
+    release_dir = mirror / rel.rel_dir
+    archive = release_dir / rel.archive
     assert hashlib.sha256(archive.read_bytes()).hexdigest() == \
-        release_mirror.expected_sum(folder / rel.sums, rel.archive)
-    target = tmp_path_factory.mktemp("consul-bin") / "consul"
+        release_mirror.expected_sum(release_dir / rel.sums, rel.archive)
+    target = folder / rel.binary
     with zipfile.ZipFile(archive) as release:
-        target.write_bytes(release.read("consul"))
+        target.write_bytes(release.read(rel.binary))
     target.chmod(target.stat().st_mode | stat.S_IXUSR)
     return target
+
+
+@pytest.fixture(scope="session")
+def consul_bin(tmp_path_factory) -> Path:
+    return mirrored_binary("consul", tmp_path_factory.mktemp("consul-bin"))
+
+
+@pytest.fixture(scope="session")
+def consul_template_bin(tmp_path_factory) -> Path:
+    return mirrored_binary("consul-template", tmp_path_factory.mktemp("consul-template-bin"))
 
 
 def write_inventory(path: Path, servers: list[str], clients: list[str],
