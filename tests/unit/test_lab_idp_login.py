@@ -27,7 +27,20 @@ ADMIN = {"username": "admin", "password_hash": HASH, "email": "admin@lab.localho
     (None, "correct horse", False),
 ])
 def test_password_matches(user, password, expected):
-    assert lab_idp_login.password_matches(user, password) is expected
+    decoy = lab_idp_login.decoy_hash({"admin": ADMIN})
+    assert lab_idp_login.password_matches(user, password, decoy) is expected
+
+
+@pytest.mark.parametrize("setting", ["$6$", "$6$rounds=5000$", "$6$rounds=20000$", "$5$"])
+def test_unknown_users_cost_what_known_users_cost(setting):
+    """The decoy that unknown user names are checked against uses the
+    users' own algorithm and rounds (a 656000-round decoy against
+    5000-round hashes told names apart by a 100-fold slower answer)."""
+    stored = crypt.crypt("pw", setting + "abcdefgh")
+    decoy = lab_idp_login.decoy_hash({"u": {"password_hash": stored}})
+    assert decoy.rsplit("$", 2)[0] == stored.rsplit("$", 2)[0]
+    assert decoy.rsplit("$", 2)[1] != "abcdefgh"
+    assert lab_idp_login.password_matches(None, "pw", decoy) is False
 
 
 def test_claims_carry_the_groups_and_profile():

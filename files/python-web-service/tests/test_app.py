@@ -75,6 +75,23 @@ class ServiceTest(AsyncHTTPTestCase):
         assert self.fetch("/health").code == 503
 
 
+class RemoteClientTest(ServiceTest):
+    """A client not on this host (here: tornado told by X-Real-Ip, which only
+    this test server trusts) sees the status, never the reason."""
+
+    def get_httpserver_options(self):
+        return {"xheaders": True}
+
+    def test_remote_health_shows_no_reason(self):
+        self.config.write_bytes(b'{"greeting": 42}')
+        assert not self.state.reload()
+        for remote in ("203.0.113.9", "10.0.0.1", "2001:db8::1"):
+            body = json.loads(self.fetch("/health", headers={"X-Real-Ip": remote}).body)
+            assert body == {"status": "stale", "config_version": self.state.current.version}, remote
+        local = json.loads(self.fetch("/health", headers={"X-Real-Ip": "127.0.0.1"}).body)
+        assert "not a string" in local["error"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -19,6 +19,7 @@ import argparse
 import hmac
 import json
 import logging
+import secrets
 import ssl
 import urllib.parse
 import warnings
@@ -54,7 +55,6 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-UNKNOWN_USER_HASH = "$6$rounds=656000$unknownuser$" + "x" * 86
 FORM = tornado.template.Template(PAGE)
 
 
@@ -63,9 +63,18 @@ def load_users(path: Path) -> dict[str, dict]:
     return {user["username"]: user for user in data["users"]}
 
 
-def password_matches(user: dict | None, password: str) -> bool:
-    # Unknown users are checked against a dummy hash, so both take as long.
-    stored = user["password_hash"] if user else UNKNOWN_USER_HASH
+def decoy_hash(users: dict[str, dict]) -> str:
+    """A hash of a random password with the same algorithm and rounds as the
+    users' own, so that checking an unknown user costs what checking a known
+    one does: the answer's timing tells nobody which names exist."""
+    setting = next(iter(users.values()))["password_hash"].rsplit("$", 2)[0] if users else "$6"
+    salt = secrets.token_urlsafe(12)[:16].replace("-", "a").replace("_", "b")
+    return crypt.crypt(secrets.token_urlsafe(24), f"{setting}${salt}")
+
+
+def password_matches(user: dict | None, password: str, decoy: str) -> bool:
+    # Unknown users are checked against the decoy, so both take as long.
+    stored = user["password_hash"] if user else decoy
     return hmac.compare_digest(crypt.crypt(password, stored) or "", stored) and user is not None
 
 
@@ -127,7 +136,8 @@ class LoginHandler(Base):
         challenge = self.get_body_argument("login_challenge")
         username = self.get_body_argument("username", "")
         user = self.users.get(username)
-        if not password_matches(user, self.get_body_argument("password", "")):
+        if not password_matches(user, self.get_body_argument("password", ""),
+                                self.application.settings["decoy_hash"]):
             LOG.info("sign-in refused for %r: wrong user name or password", username)
             self.set_status(401)
             self.render_form(challenge, "Wrong user name or password.")
@@ -166,7 +176,8 @@ class HealthHandler(tornado.web.RequestHandler):
 def make_app(users: dict[str, dict], admin_url: str, cookie_secret: str) -> tornado.web.Application:
     return tornado.web.Application(
         [(r"/login", LoginHandler), (r"/consent", ConsentHandler), (r"/health", HealthHandler)],
-        users=users, hydra=Hydra(admin_url), cookie_secret=cookie_secret, xsrf_cookies=True,
+        users=users, decoy_hash=decoy_hash(users), hydra=Hydra(admin_url),
+        cookie_secret=cookie_secret, xsrf_cookies=True,
         xsrf_cookie_kwargs={"secure": True, "httponly": True, "samesite": "Lax"})
 
 

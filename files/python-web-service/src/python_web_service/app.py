@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,10 @@ class GreetingHandler(tornado.web.RequestHandler):
 
 
 class HealthHandler(tornado.web.RequestHandler):
-    """200 while a valid config is served (with the last rejection, if any),
-    503 before any valid config was loaded."""
+    """200 while a valid config is served, 503 before any valid config was
+    loaded. Why the last config was rejected (it names files and parser
+    errors) is told only to clients on this host (the agent's check, an
+    operator); everyone else, the public edge included, sees the status."""
 
     def initialize(self, state: ConfigState) -> None:
         self.state = state
@@ -64,12 +67,21 @@ class HealthHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         config = self.state.current
         self.set_status(200 if config else 503)
-        self.write({
+        answer = {
             "status": "ok" if config and not self.state.last_error else
                       "stale" if config else "no-config",
             "config_version": config.version if config else None,
-            "error": self.state.last_error,
-        })
+        }
+        if is_loopback(self.request.remote_ip):
+            answer["error"] = self.state.last_error
+        self.write(answer)
+
+
+def is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def make_app(state: ConfigState) -> tornado.web.Application:
