@@ -9,13 +9,17 @@ loopback, as a person's browser would.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import ssl
 import sys
 import threading
 import time
 import uuid
 from base64 import b64decode
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -24,6 +28,9 @@ from conftest import SECRETS, api_call, consul_api, get_host, group, secret, tok
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))
 import lab_browser
 from lab_browser import session_cookie, trusted_browser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "bench"))
+from keepalive import KeepAliveClient
 
 CA = SECRETS / "web-ca" / "web-ca.pem"
 # A key of the test's own, so nothing depends on what other tests wrote.
@@ -185,38 +192,233 @@ def test_user_in_no_group_gets_403(browser, base_url, kv_value):
         context.close()
 
 
-def test_client_supplied_tokens_grant_nothing(reader, base_url):
+# --- client-supplied tokens, tried as an attacker would -----------------------
+
+def token_name_spellings() -> dict[str, str]:
+    """Every way to spell the query parameter name "token" that Go's
+    url.ParseQuery decodes to it, and near misses an attacker would try."""
+    word = "token"
+    spellings = {"plain": word, "upper": word.upper(), "title": word.title()}
+    for index, letter in enumerate(word):
+        for case, code in (("lower", f"%{ord(letter):02x}"), ("upper", f"%{ord(letter):02X}")):
+            spellings[f"letter {index} {case} hex"] = word[:index] + code + word[index + 1:]
+    spellings["every letter"] = "".join(f"%{ord(c):02x}" for c in word)
+    spellings["every letter, upper T"] = "%54%4F%4B%45%4E"
+    spellings["double encoded"] = "%2574oken"
+    spellings["plus"] = "tok+en"
+    spellings["trailing encoded space"] = "token%20"
+    spellings["encoded nul"] = "token%00"
+    return spellings
+
+
+def token_queries(token: str) -> dict[str, str]:
+    queries: dict[str, str] = {}
+    for label, name in token_name_spellings().items():
+        queries[f"{label}: alone"] = f"{name}={token}"
+        queries[f"{label}: after others"] = f"dc=dc1&recurse&{name}={token}"
+        queries[f"{label}: before others"] = f"{name}={token}&index=1&wait=1s"
+        queries[f"{label}: repeated"] = f"{name}={token}&{name}={token}&{name}={token}"
+        queries[f"{label}: after an empty plain one"] = f"token=&{name}={token}"
+    queries["semicolon separator"] = f"dc=dc1;token={token}"
+    queries["fragment before"] = f"dc=dc1#&token={token}"
+    queries["fragment after"] = f"token={token}#x"
+    queries["no value then encoded"] = f"token&%74oken={token}"
+    queries["oversize name"] = f"{'a' * 6000}&token={token}"
+    return queries
+
+
+def token_headers(token: str) -> dict[str, list[tuple[str, str]]]:
+    headers = {f"X-Consul-Token as {name}": [(name, token)]
+               for name in ("X-Consul-Token", "x-consul-token", "X-CONSUL-TOKEN", "x-cOnSuL-tOkEn")}
+    headers["X-Consul-Token twice"] = [("X-Consul-Token", token), ("X-Consul-Token", token)]
+    headers["X_Consul_Token (underscores)"] = [("X_Consul_Token", token)]
+    headers["X-Consul-Token with spaces"] = [("X-Consul-Token", f"  {token}  ")]
+    for scheme in ("Bearer", "bearer", "BEARER", "Bearer  "):
+        headers[f"Authorization {scheme!r}"] = [("Authorization", f"{scheme} {token}")]
+    headers["Authorization twice"] = [("Authorization", f"Bearer {token}")] * 2
+    headers["authorization lower case"] = [("authorization", f"Bearer {token}")]
+    return headers
+
+
+def edge_request(base_url: str, method: str, target: str, headers: list[tuple[str, str]],
+                 body: bytes | None = None) -> tuple[int, bytes]:
+    """One request with the target and headers exactly as given (requests
+    would normalise the one and merge the other); a new connection each."""
+    parts = urlsplit(base_url)
+    context = ssl.create_default_context(cafile=str(CA))
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=15)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in [*headers, ("Connection", "close")]:
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def consul_query_token_warnings(edge) -> int:
+    """Consul logs a warning for every request that used ?token=."""
+    return int(edge.check_output(
+        "journalctl -u consul.service -o cat --no-pager | grep -c 'token query parameter' || true"))
+
+
+def test_no_client_token_reaches_consul_in_any_spelling(reader, edge, base_url):
+    """The reader's session plus the bootstrap token, smuggled every way we
+    know: nothing may write what the reader cannot, nothing may read ACLs."""
     bootstrap = token_secret("management")
-    url = f"{base_url}/v1/kv/edge-test/stolen"
-    attempts = {
-        "header": reader.put(url, data="x", headers={"X-Consul-Token": bootstrap}),
-        "bearer": reader.put(url, data="x", headers={"Authorization": f"Bearer {bootstrap}"}),
-        "query": reader.put(f"{url}?token={bootstrap}", data="x"),
-        "query twice": reader.put(f"{url}?token={bootstrap}&token={bootstrap}", data="x"),
-        "cookie": reader.put(url, data="x", headers={
-            "Cookie": f"{reader.headers['Cookie']}; token={bootstrap}; X-Consul-Token={bootstrap}"}),
-    }
-    statuses = {how: answer.status_code for how, answer in attempts.items()}
-    print(f"client token statuses: {statuses}")
-    assert all(code in (400, 403) for code in statuses.values()), statuses
-    # ACL reads need more than the reader's token and less than the
-    # bootstrap token: denied, so the ?token= never reached Consul.
-    # (Statuses first: an assertion must never print a URL with the token.)
-    acl_read = reader.get(f"{base_url}/v1/acl/tokens?token={bootstrap}").status_code
-    kv_read = reader.get(f"{base_url}/v1/kv/{KV_KEY}?raw&token={bootstrap}").status_code
-    assert (acl_read, kv_read) == (403, 200)
-    anonymous_try = anonymous().put(url, data="x", headers={"X-Consul-Token": bootstrap}).status_code
-    assert anonymous_try == 401
+    cookie = [("Cookie", reader.headers["Cookie"])]
+    key = f"edge-test/stolen-{uuid.uuid4().hex}"
+    warnings_before = consul_query_token_warnings(edge)
+    statuses: dict[str, tuple[int, int]] = {}
+    for label, query in token_queries(bootstrap).items():
+        write = edge_request(base_url, "PUT", f"/v1/kv/{key}?{query}", cookie, b"x")[0]
+        acl = edge_request(base_url, "GET", f"/v1/acl/tokens?{query}", cookie)[0]
+        statuses[f"query {label}"] = (write, acl)
+    for label, extra in token_headers(bootstrap).items():
+        write = edge_request(base_url, "PUT", f"/v1/kv/{key}", cookie + extra, b"x")[0]
+        acl = edge_request(base_url, "GET", "/v1/acl/tokens", cookie + extra)[0]
+        statuses[f"header {label}"] = (write, acl)
+    for label, extra in {"token cookie": f"token={bootstrap}",
+                         "X-Consul-Token cookie": f"X-Consul-Token={bootstrap}",
+                         "consul token cookie": f"consul:token={bootstrap}"}.items():
+        jar = [("Cookie", f"{reader.headers['Cookie']}; {extra}")]
+        statuses[f"cookie {label}"] = (edge_request(base_url, "PUT", f"/v1/kv/{key}", jar, b"x")[0],
+                                       edge_request(base_url, "GET", "/v1/acl/tokens", jar)[0])
+    granted = {how: codes for how, codes in statuses.items()
+               if codes[0] not in (400, 403) or codes[1] not in (400, 403)}
+    refused = sum(1 for codes in statuses.values() if codes[0] == 400)
+    print(f"{len(statuses)} smuggling attempts: {refused} refused by nginx (400), "
+          f"{len(statuses) - refused} denied by Consul with the reader's token (403)")
+    # Statuses only: an assertion must never print a URL with the token.
+    assert granted == {}
     server = get_host(group("consul_servers")[0])
-    assert api_call(server, "kv/edge-test/stolen")[0] == 404
+    assert api_call(server, f"kv/{key}")[0] == 404
+    # Every query spelling was refused before Consul: none reached it.
+    assert all(codes[0] == 400 for how, codes in statuses.items()
+               if how.startswith("query") and "plus" not in how), statuses
+    assert consul_query_token_warnings(edge) == warnings_before
+    # The reader's own rights still work through the same path.
+    assert edge_request(base_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 200
+    anonymous_try = anonymous().put(f"{base_url}/v1/kv/{key}", data="x",
+                                    headers={"X-Consul-Token": bootstrap}).status_code
+    assert anonymous_try == 401
+
+
+def test_the_group_token_is_never_handed_to_a_browser(reader, admin, base_url):
+    for session in (reader, admin):
+        for path in ("/v1/acl/token/self", "/v1/acl/token/%73elf", "//v1/acl/token/self",
+                     "/v1/acl/token/self/", "/v1/acl/token/./self"):
+            status, body = edge_request(base_url, "GET", path, [("Cookie", session.headers["Cookie"])])
+            assert status == 403, path
+            assert b"SecretID" not in body and b"AccessorID" not in body, path
+    tokens = [token_secret("ui-operator"), token_secret("ui-read-only")]
+    for session in (reader, admin):
+        for path in ("/v1/agent/self", "/v1/acl/tokens", "/v1/acl/policies", "/v1/kv/?recurse"):
+            body = session.get(f"{base_url}{path}").text
+            assert not any(token in body for token in tokens), path
+
+
+def test_a_group_with_no_token_gets_403_from_nginx(reader, edge, base_url):
+    """Fail closed: when the signed-in user's group maps to no token (here the
+    readers' entry is blanked for the test), nginx answers 403 itself; the
+    request is never proxied with an empty token, which Consul would serve as
+    anonymous."""
+    tokens_conf = "/etc/nginx/consul-edge/tokens.conf"
+    cookie = [("Cookie", reader.headers["Cookie"])]
+    edge.check_output(f"cp -p {tokens_conf} /root/tokens.conf.saved")
+    try:
+        edge.check_output(f"sed -i '/readers/ s/\" \"[^\"]*\";/\" \"\";/' {tokens_conf}")
+        edge.check_output("systemctl reload nginx.service")
+        wait_for(lambda: edge_request(base_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 403,
+                 15, "nginx refuses the tokenless group")
+        for path in (f"/v1/kv/{KV_KEY}?raw", "/v1/agent/self", "/ui/"):
+            status, body = edge_request(base_url, "GET", path, cookie)
+            assert status == 403 and b"map to no Consul token" in body, path
+        # The journal takes the log lines a moment after the answers.
+        wait_for(lambda: access_log(edge, 3).count("upstream=unix:/run/nginx/no-token.sock") == 3,
+                 10, "the last three requests went to nginx's own 403")
+    finally:
+        edge.check_output(f"cp -p /root/tokens.conf.saved {tokens_conf}")
+        edge.check_output("systemctl reload nginx.service")
+    wait_for(lambda: edge_request(base_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 200,
+             15, "the readers' token is back")
+
+
+def test_edge_answers_carry_hsts_and_nosniff(reader, base_url, idp):
+    cookie = [("Cookie", reader.headers["Cookie"])]
+    answers = {
+        "public /": anonymous().get(f"{base_url}/"),
+        "401 JSON": anonymous().get(f"{base_url}/v1/agent/self"),
+        "sign-in redirect": anonymous().get(f"{base_url}/ui/", allow_redirects=False),
+        "Consul UI": anonymous().get(f"{base_url}/ui/", headers={"Cookie": cookie[0][1]}),
+    }
+    parts = urlsplit(base_url)
+    context = ssl.create_default_context(cafile=str(CA))
+    for label, target in (("400 token", "/v1/kv/x?%74oken=1"), ("403 self", "/v1/acl/token/self")):
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=10)
+        conn.request("GET", target, headers={"Cookie": cookie[0][1]})
+        response = conn.getresponse()
+        response.read()
+        answers[label] = response
+        conn.close()
+    for label, answer in answers.items():
+        headers = {k.lower(): v for k, v in (answer.headers.items() if hasattr(answer.headers, "items")
+                                              else answer.getheaders())}
+        assert headers.get("strict-transport-security") == "max-age=31536000", label
+        assert headers.get("x-content-type-options") == "nosniff", label
+    idp.run("systemctl stop hydra.service")
+    try:
+        page = anonymous().get(f"{base_url}/ui/")
+        assert page.status_code == 503
+        assert page.headers.get("Strict-Transport-Security") == "max-age=31536000"
+        assert page.headers.get("X-Content-Type-Options") == "nosniff"
+    finally:
+        idp.run("systemctl start hydra.service")
+    wait_for(lambda: anonymous().get(f"{base_url}/oauth2/start?rd=/ui/", allow_redirects=False)
+             .status_code == 302, 60, "sign-in works again")
+
+
+def test_public_health_shows_no_internal_detail(apps, base_url):
+    server = get_host(group("consul_servers")[0])
+    key = "kv/python-web-service/greeting"
+    status, before = api_call(server, f"{key}?raw")
+    client = anonymous()
+    try:
+        # A control character: every instance refuses it and reports stale.
+        assert consul_api(server, key, "PUT", "bad\u0001greeting") is True
+        wait_for(lambda: all(json.loads(app.check_output("curl -s localhost:8080/health"))
+                             .get("error") for app in apps), 30, "every instance is stale")
+        local = json.loads(apps[0].check_output("curl -s localhost:8080/health"))
+        assert local["status"] == "stale" and local["error"]
+        for _ in range(6):
+            answer = client.get(f"{base_url}/health")
+            assert answer.status_code == 200
+            assert set(answer.json()) == {"status", "config_version"}
+            assert answer.json()["status"] == "stale"
+            assert "/etc/" not in answer.text and "rror" not in answer.text
+    finally:
+        if status == 200:
+            consul_api(server, key, "PUT", before)
+        else:
+            consul_api(server, key, "DELETE")
+    wait_for(lambda: client.get(f"{base_url}/health").json()["status"] == "ok", 30, "ok again")
 
 
 def upstream_lines(edge) -> str:
     return edge.file("/etc/nginx/consul-edge/upstreams/python-web-service.conf").content_string
 
 
+def access_log(edge, lines: int) -> str:
+    """The last lines of nginx's access log (in the journal)."""
+    return edge.check_output(f"journalctl -t nginx_access -n {int(lines)} -o cat --no-pager")
+
+
 def answered_by(edge, count: int) -> list[str]:
-    log = edge.check_output(f"tail -n {int(count)} /var/log/nginx/access.log")
+    log = access_log(edge, count)
     return [line.split("upstream=")[1].split()[0] for line in log.splitlines() if "upstream=" in line]
 
 
@@ -224,32 +426,47 @@ def test_root_balances_across_the_app_instances(edge, apps, base_url):
     client = anonymous()
     for _ in range(20):
         assert client.get(f"{base_url}/").status_code == 200
-    used = {addr.rsplit(":", 1)[0] for addr in answered_by(edge, 20)}
     expected = {app.ansible.get_variables().get("ansible_host") or
                 app.interface("eth0").addresses[0] for app in apps}
-    assert used == expected, f"answered by {used}, instances {expected}"
+
+    def used() -> set[str]:
+        return {addr.rsplit(":", 1)[0] for addr in answered_by(edge, 20)}
+
+    # The journal takes the log lines a moment after the answers.
+    wait_for(lambda: used() == expected, 10, f"answered by every instance of {expected}")
 
 
 class Load:
-    """Steady GETs of / through the edge, counting failures."""
+    """Steady GETs of / through the edge over one keep-alive connection, as a
+    browser sends them: a reused connection that nginx closed at a reload
+    before any response byte is retried once (RFC 9112 section 9.3.1) and
+    counted apart; every other failure, and every non-200, is a failure."""
 
     def __init__(self, url: str) -> None:
-        self.url, self.ok, self.failed = url, 0, []
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname, parts.port or 443, parts.path or "/"
+        self.ok, self.failed, self.retries = 0, [], 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
+    def connect(self) -> http.client.HTTPSConnection:
+        context = ssl.create_default_context(cafile=str(CA))
+        return http.client.HTTPSConnection(self.host, self.port, context=context, timeout=5)
+
     def run(self) -> None:
-        client = anonymous()
+        client = KeepAliveClient(self.connect)
         while not self.stop.is_set():
             try:
-                answer = client.get(self.url, timeout=5)
-                if answer.status_code == 200:
+                status = client.request("GET", self.path)[0]
+                if status == 200:
                     self.ok += 1
                 else:
-                    self.failed.append(answer.status_code)
-            except requests.RequestException as exc:
+                    self.failed.append(status)
+            except (OSError, http.client.HTTPException) as exc:
                 self.failed.append(repr(exc))
+            self.retries = client.retries
             time.sleep(0.02)
+        client.close()
 
     def __enter__(self) -> Load:
         self.thread.start()
@@ -269,6 +486,58 @@ def wait_for(predicate, timeout: float, what: str) -> float:
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
+HOSTILE_INSTANCES = {
+    "space": ("10.0.0.7 backup", 8080),
+    "semicolon": ("10.0.0.7; server 203.0.113.66:80", 8080),
+    "braces": ("10.0.0.7:8080; } server { listen 9999; } upstream x {", 8080),
+    "quotes": ('"10.0.0.7"', 8080),
+    "newline": ("10.0.0.7:8080;\nserver 203.0.113.66:80", 8080),
+    "hash": ("10.0.0.7:8080; # ", 8080),
+    "very long": ("1" * 4096, 8080),
+    "host name": ("evil.example.com", 8080),
+    "loopback": ("127.0.0.1", 8500),
+    "port 0": ("10.0.0.7", 0),
+    "port 70000": ("10.0.0.7", 70000),
+}
+
+
+def test_hostile_registrations_never_reach_nginx(edge, apps, base_url):
+    """Anyone who may register the web service could write its Address: such
+    instances are left out of the upstream (and logged with their ID), and
+    / keeps answering from the real instances."""
+    server = get_host(group("consul_servers")[0])
+    before = upstream_lines(edge)
+    since = edge.check_output("date +%s.%N")
+    registered = {}
+    try:
+        for number, (label, (address, port)) in enumerate(HOSTILE_INSTANCES.items()):
+            node, service_id = f"hostile-node-{number}", f"hostile-{number}"
+            body = json.dumps({"Node": node, "Address": "192.0.2.10", "Service": {
+                "ID": service_id, "Service": "python-web-service", "Address": address, "Port": port}})
+            status, _ = api_call(server, "catalog/register", "PUT", body)
+            if status == 200:
+                registered[label] = (node, service_id)
+        print(f"Consul took {len(registered)} of {len(HOSTILE_INSTANCES)} hostile registrations")
+        assert len(registered) >= len(HOSTILE_INSTANCES) - 2
+
+        def logged() -> set[str]:
+            journal = edge.check_output(
+                f"journalctl -u consul-template.service --since @{since} -o cat --no-pager")
+            return {label for label, (_, sid) in registered.items()
+                    if f'instance left out: id="{sid}"' in journal}
+
+        wait_for(lambda: logged() == set(registered), 30, "every hostile instance is logged")
+        assert upstream_lines(edge) == before
+        client = anonymous()
+        assert all(client.get(f"{base_url}/").status_code == 200 for _ in range(10))
+        config = edge.check_output("cat /etc/nginx/consul-edge/upstreams/*.conf")
+        assert "203.0.113.66" not in config and "9999" not in config and "evil" not in config
+        assert edge.run("nginx -t -q").rc == 0
+    finally:
+        for node, _ in registered.values():
+            api_call(server, "catalog/deregister", "PUT", json.dumps({"Node": node}))
+
+
 def test_stopped_instance_leaves_the_upstream_with_no_failed_request(edge, apps, base_url):
     app = apps[0]
     address = app.interface("eth0").addresses[0]
@@ -286,7 +555,8 @@ def test_stopped_instance_leaves_the_upstream_with_no_failed_request(edge, apps,
         wait_for(lambda: address in upstream_lines(edge), 30, f"{address} comes back")
         time.sleep(1)
     print(f"instance left the upstream {left:.1f} s after it stopped; "
-          f"{load.ok} requests served, {len(load.failed)} failed")
+          f"{load.ok} requests served, {len(load.failed)} failed, "
+          f"{load.retries} retried once after a reload closed their idle connection")
     assert load.ok > 50
     assert load.failed == []
     # Both upstream changes were reloads: the same nginx master serves.

@@ -16,8 +16,13 @@ from conftest import (
     dns_a_records,
     get_host,
     group,
+    token_secret,
     write_private_file,
 )
+
+
+def group_host(name: str):
+    return get_host(group(name)[0])
 
 
 @pytest.fixture(scope="module")
@@ -49,24 +54,64 @@ def test_dns_answers_without_opening_the_anonymous_token(app):
     assert len(dns_a_records(app, "consul.service.consul")) == 3
 
 
-def test_consul_template_token_reads_only_its_prefix(app):
+def test_consul_template_token_reads_the_greeting_and_nothing_else(app):
     own, other = "python-web-service/greeting", f"molecule/other-{uuid.uuid4()}"
+    sibling = "python-web-service/other-setting"
     consul_api(app, f"kv/{own}", "PUT", "Hello World")
     consul_api(app, f"kv/{other}", "PUT", "secret")
+    consul_api(app, f"kv/{sibling}", "PUT", "secret")
     assert api_call(app, f"kv/{own}?raw", token="consul-template") == (200, "Hello World")
     assert api_call(app, f"kv/{own}", "PUT", "changed", token="consul-template")[0] == 403
     assert api_call(app, f"kv/{other}?raw", token="consul-template")[0] == 403
+    assert api_call(app, f"kv/{sibling}?raw", token="consul-template")[0] == 403
+    # No catalog reads: Consul filters what the token may not see.
+    assert consul_api(app, "catalog/services", token="consul-template") == {}
+    assert consul_api(app, "health/service/python-web-service", token="consul-template") == []
     consul_api(app, f"kv/{other}", "DELETE")
+    consul_api(app, f"kv/{sibling}", "DELETE")
 
 
-def test_web_service_token_registers_only_its_service(app):
+def test_each_app_host_has_its_own_web_service_token(clients):
+    apps = [host for host in clients if host.backend.host in group("app")]
+    secrets = {host.backend.host: host.file("/etc/consul-tokens/python-web-service.token")
+               .content_string.strip() for host in apps}
+    assert len(set(secrets.values())) == len(apps) >= 2
+    assert secrets == {name: token_secret(f"python-web-service-{name}") for name in secrets}
+    # The one token an earlier version shared between the app hosts is gone.
+    names = {t.get("Description", "") for t in consul_api(group_host("consul_servers"), "acl/tokens")}
+    assert "The web service's registration" not in names
+    assert {f"The web service's registration on {name}" for name in secrets} <= names
+
+
+def test_web_service_token_registers_only_its_service_and_reads_nothing(app):
+    token = f"python-web-service-{app.backend.host}"
     own = '{"Name": "python-web-service", "ID": "molecule-probe", "Port": 8080}'
     other = '{"Name": "other-service", "ID": "molecule-other", "Port": 8081}'
-    assert api_call(app, "agent/service/register", "PUT", own, token="python-web-service")[0] == 200
-    assert api_call(app, "agent/service/register", "PUT", other, token="python-web-service")[0] == 403
-    status, _ = api_call(app, "agent/service/deregister/molecule-probe", "PUT",
-                         token="python-web-service")
+    assert api_call(app, "agent/service/register", "PUT", own, token=token)[0] == 200
+    assert api_call(app, "agent/service/register", "PUT", other, token=token)[0] == 403
+    status, _ = api_call(app, "agent/service/deregister/molecule-probe", "PUT", token=token)
     assert status == 200
+    assert api_call(app, "kv/python-web-service/greeting", token=token)[0] == 403
+    assert consul_api(app, "catalog/nodes", token=token) == []
+
+
+def test_greeting_writer_writes_that_one_key_only(app):
+    token, other = "greeting-writer", f"molecule/other-{uuid.uuid4()}"
+    # A check-and-set against an index the key never has: allowed, changes nothing.
+    assert api_call(app, "kv/python-web-service/greeting?cas=1", "PUT", "x", token=token) == (200, "false")
+    assert api_call(app, "kv/python-web-service/greeting-other?cas=1", "PUT", "x", token=token)[0] == 403
+    assert api_call(app, f"kv/{other}?cas=1", "PUT", "x", token=token)[0] == 403
+    # Consul's "write" includes reading that key; nothing else is readable.
+    assert api_call(app, "kv/python-web-service/greeting?raw", token=token)[0] == 200
+    assert consul_api(app, "kv/?keys", token=token) == ["python-web-service/greeting"]
+    assert consul_api(app, "catalog/services", token=token) == {}
+
+
+def test_ui_operator_has_no_acl_rights(app):
+    for path in ("acl/tokens", "acl/policies", "acl/roles"):
+        assert api_call(app, path, token="ui-operator")[0] == 403, path
+    # The read-only group writes nothing.
+    assert api_call(app, f"kv/molecule/ro-{uuid.uuid4()}", "PUT", "x", token="ui-read-only")[0] == 403
 
 
 def test_exactly_one_management_token_the_persisted_one(servers):
@@ -209,8 +254,8 @@ def test_no_secret_in_var_log_or_the_journal(host):
 
 
 UNITS_BY_GROUP = {
-    "consul_servers": ["consul"],
-    "consul_clients": ["consul"],
+    "consul_servers": ["consul", "dnsmasq"],
+    "consul_clients": ["consul", "dnsmasq"],
     "app": ["consul-template", "python-web-service"],
     "edge": ["consul-template", "oauth2-proxy", "nginx"],
     "lab_idp": ["hydra", "lab-idp-login"],

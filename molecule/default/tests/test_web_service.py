@@ -146,7 +146,10 @@ def test_bad_value_keeps_the_last_good_greeting(apps, urls, server):
         time.sleep(1.5)
         for url in urls:
             assert fetch(url) == (200, good + "\n")
-            state = health(url)
+            # From another host: the status, never the reason.
+            assert health(url) == {"status": "stale", "config_version": health(url)["config_version"]}
+        for app in apps:
+            state = json.loads(app.check_output("curl -s http://127.0.0.1:8080/health"))
             assert state["status"] == "stale" and state["error"], state
     journal = apps[0].run("journalctl -u python-web-service --since -2min --no-pager").stdout
     assert "rejected, still serving version" in journal
@@ -187,5 +190,5 @@ def test_stopped_instance_turns_critical_and_leaves_dns(apps, server):
         first.run_test("systemctl start python-web-service")
     assert wait_for(lambda: instance_addresses(first) == sorted(addresses.values()))
     status, _ = api_call(first, "agent/health/service/id/python-web-service",
-                         token="python-web-service")
+                         token=f"python-web-service-{first.backend.host}")
     assert status == 200
