@@ -61,7 +61,7 @@ lab: image mirror wheelhouse ## Set up everything, bring up the lab, run site.ym
 	@$(MAKE) --no-print-directory lab-status
 
 .PHONY: bench
-bench: bench-converge bench-scale bench-propagation bench-edge bench-failover bench-hardening ## Every benchmark, then docs/bench/REPORT.md (takes ~35 min)
+bench: bench-converge bench-scale bench-propagation bench-edge bench-failover bench-hardening bench-idp-login ## Every benchmark, then docs/bench/REPORT.md (takes ~35 min)
 	$(BIN)/python tools/bench_report.py
 
 .PHONY: bench-converge
@@ -87,6 +87,10 @@ bench-failover: lab ## kill -9 the leader 20 times under KV writes (docs/bench/f
 .PHONY: bench-hardening
 bench-hardening: lab ## systemd-analyze security of every unit on the lab (docs/bench/hardening.*)
 	$(BIN)/python tools/bench_hardening.py
+
+.PHONY: bench-idp-login
+bench-idp-login: lab ## The lab IdP's login: unknown vs known user names, same time? (docs/bench/idp_login.json)
+	$(BIN)/python tools/bench_idp_login.py
 
 .PHONY: bench-report
 bench-report: venv ## Rewrite docs/bench/REPORT.md from the JSON reports

@@ -22,6 +22,7 @@ from benchlib import LAB_SECRETS, OUT, REPO, container_ip, percentile, run, writ
 from lab_browser import session_cookie, sign_in, trusted_browser
 
 PROBE = REPO / "tools" / "bench" / "edge_probe.py"
+KEEPALIVE = REPO / "tools" / "bench" / "keepalive.py"
 SECRETS = LAB_SECRETS
 BASE_URL = "https://localhost:8443"
 LABELS = {
@@ -30,6 +31,7 @@ LABELS = {
     "consul_direct": "KV read straight to the agent",
     "edge_api": "KV read through nginx + auth_request",
     "auth_request_alone": "oauth2-proxy /oauth2/auth alone",
+    "edge_root_reloading": "/ through nginx, reloaded every 0.5 s",
 }
 
 
@@ -104,16 +106,22 @@ def main(argv: list[str] | None = None) -> int:
                 "app": f"{container_ip('app-1')}:8080", "count": args.count,
                 "warmup": args.warmup, "connections": args.connections, "seconds": args.seconds}
     run("docker", "cp", str(PROBE), "edge-1:/root/edge_probe.py")
+    run("docker", "cp", str(KEEPALIVE), "edge-1:/root/keepalive.py")
     probe = subprocess.run(["docker", "exec", "-i", "edge-1", "python3", "/root/edge_probe.py"],
                            input=json.dumps(settings), check=True, capture_output=True, text=True)
     summary = summarise(json.loads(probe.stdout))
 
     print(f"{'scenario':40} {'p50 ms':>8} {'p99 ms':>8} | {'loaded p50':>10} {'loaded p99':>10} "
-          f"{'req/s':>8}")
+          f"{'req/s':>8} {'failed':>6} {'retried':>7}")
     for name, row in summary.items():
         if not name.startswith("_"):
             print(f"{row['label']:40} {row['p50_ms']:8} {row['p99_ms']:8} | "
-                  f"{row['loaded_p50_ms']:10} {row['loaded_p99_ms']:10} {row['requests_per_s']:8}")
+                  f"{row['loaded_p50_ms']:10} {row['loaded_p99_ms']:10} {row['requests_per_s']:8} "
+                  f"{row['failed']:6} {row['retried']:7}")
+    reloading = summary["edge_root_reloading"]
+    print(f"\nwith {reloading['reloads']} nginx reloads during the loaded run: "
+          f"{reloading['retried']} requests met a connection closed by a reload and were retried "
+          f"once (RFC 9112 9.3.1), {reloading['failed']} failed")
     derived = summary["_derived"]
     print(f"\nnginx adds {derived['nginx_added_at_median_ms']} ms at the median of / "
           f"({derived['nginx_added_at_median_pct']} %) on one idle connection; with "

@@ -115,14 +115,24 @@ def edge_section(data: dict | None, summary: list) -> list[str]:
     s = data["summary"]
     d = s["_derived"]
     rows = [[r["label"], r["p50_ms"], r["p99_ms"], r.get("loaded_p50_ms", "-"),
-             r.get("loaded_p99_ms", "-"), r["requests_per_s"]]
+             r.get("loaded_p99_ms", "-"), r["requests_per_s"], r.get("failed", "-"),
+             r.get("retried", "-")]
             for name, r in s.items() if not name.startswith("_")]
     out += [f"Measured on edge-1 (client, nginx and oauth2-proxy share its 2 cores with the "
             f"lab). Idle: {data['settings']['count']} sequential keep-alive requests; loaded: "
             f"{data['settings']['connections']} connections for {data['settings']['seconds']} s.",
             ""]
     out += table(["scenario", "idle p50 ms", "idle p99 ms", "loaded p50 ms", "loaded p99 ms",
-                  "req/s (loaded)"], rows)
+                  "req/s (loaded)", "failed", "retried once"], rows)
+    if "edge_root_reloading" in s:
+        r = s["edge_root_reloading"]
+        out += ["", f"With {r['reloads']} nginx reloads during the loaded run, {r['retried']} "
+                f"requests met a keep-alive connection that the reload closed before any "
+                f"response byte and were retried once, as browsers do (RFC 9112 9.3.1); "
+                f"{r['failed']} failed."]
+        summary.append(["Edge: requests failed while nginx reloads every 0.5 s",
+                        f"{r['failed']} failed, {r['retried']} retried once", "0 failed",
+                        verdict(r["failed"] == 0)])
     out += ["", f"nginx adds {d['nginx_added_at_median_ms']} ms ({d['nginx_added_at_median_pct']} %)"
             f" at the idle median of `/`"]
     if "nginx_added_at_loaded_median_pct" in d:
@@ -191,9 +201,23 @@ def chaos_section(data: dict | None, summary: list) -> list[str]:
     return [*out, "", f"Run at {data['measured_at']}.", ""]
 
 
+def idp_login_section(data: dict | None, summary: list) -> list[str]:
+    out = ["## The lab IdP's login: unknown vs known names", ""]
+    if not data:
+        return out + missing("idp_login", "bench-idp-login")
+    s = data["summary"]
+    out += table(["name", "attempts", "p50 ms", "p95 ms", "stdev ms"],
+                 [[name.replace("_", " "), s[name]["attempts"], s[name]["p50_ms"],
+                   s[name]["p95_ms"], s[name]["stdev_ms"]]
+                  for name in ("known_user_wrong_password", "unknown_user")])
+    summary.append(["IdP login: unknown minus known name, median", f"{s['gap_p50_ms']} ms",
+                    "within the spread", verdict(s["gap_within_spread"])])
+    return [*out, ""]
+
+
 def main() -> int:
     reports = {n: load(n) for n in ("converge", "propagation", "edge", "failover", "scale",
-                                    "hardening", "chaos")}
+                                    "hardening", "chaos", "idp_login")}
     summary: list[list[object]] = []
     sections = (converge_section(reports["converge"], summary)
                 + propagation_section(reports["propagation"], summary)
@@ -201,6 +225,7 @@ def main() -> int:
                 + failover_section(reports["failover"], summary)
                 + scale_section(reports["scale"], summary)
                 + hardening_section(reports["hardening"], summary)
+                + idp_login_section(reports["idp_login"], summary)
                 + chaos_section(reports["chaos"], summary))
     dated = [r for r in reports.values() if r and "machine" in r and "cpu" in r["machine"]]
     latest = max(dated, key=lambda r: r["measured_at"]) if dated else None

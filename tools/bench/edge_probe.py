@@ -5,6 +5,10 @@ with no docker NAT in the path. Reads its settings as JSON on stdin (the
 session cookie among them, so it shows in no process list) and prints one
 JSON document: per scenario, sequential latencies over one keep-alive
 connection, and requests per second and latency with several connections.
+Connections are reused the way browsers reuse them (keepalive.py, copied
+next to this file): a request that meets a connection nginx closed at a
+reload is retried once and counted as `retried`, apart from `failed`. The
+last scenario reloads nginx every half second while it runs.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import subprocess
 import sys
 import threading
 import time
+
+from keepalive import KeepAliveClient
 
 NGINX_CA = "/etc/nginx/tls/ca.pem"
 
@@ -28,53 +35,60 @@ def connect(scenario: dict) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(scenario["host"], scenario["port"], timeout=10)
 
 
-def one(conn: http.client.HTTPConnection, scenario: dict) -> float:
+def one(client: KeepAliveClient, scenario: dict) -> float:
     started = time.perf_counter()
-    conn.request("GET", scenario["path"], headers=scenario.get("headers", {}))
-    response = conn.getresponse()
-    response.read()
+    status = client.request("GET", scenario["path"], headers=scenario.get("headers", {}))[0]
     elapsed = time.perf_counter() - started
-    if response.status != scenario.get("status", 200):
-        raise RuntimeError(f"{scenario['name']}: HTTP {response.status}")
+    if status != scenario.get("status", 200):
+        raise RuntimeError(f"{scenario['name']}: HTTP {status}")
     return elapsed
 
 
 def sequential(scenario: dict, count: int, warmup: int) -> list[float]:
-    conn = connect(scenario)
+    client = KeepAliveClient(lambda: connect(scenario))
     for _ in range(warmup):
-        one(conn, scenario)
-    samples = [one(conn, scenario) for _ in range(count)]
-    conn.close()
+        one(client, scenario)
+    samples = [one(client, scenario) for _ in range(count)]
+    client.close()
     return samples
 
 
-def throughput(scenario: dict, connections: int, seconds: float) -> dict:
-    done, failed = [0] * connections, [0] * connections
+def throughput(scenario: dict, connections: int, seconds: float,
+               reload_every: float | None = None) -> dict:
+    done, failed, retried = [0] * connections, [0] * connections, [0] * connections
     latencies: list[list[float]] = [[] for _ in range(connections)]
     stop = time.perf_counter() + seconds
+    reloads = 0
 
     def worker(index: int) -> None:
-        conn = connect(scenario)
+        client = KeepAliveClient(lambda: connect(scenario))
         while time.perf_counter() < stop:
             try:
-                latencies[index].append(one(conn, scenario))
+                latencies[index].append(one(client, scenario))
                 done[index] += 1
             except (OSError, RuntimeError, http.client.HTTPException):
                 failed[index] += 1
-                conn.close()
-                conn = connect(scenario)
-        conn.close()
+        retried[index] = client.retries
+        client.close()
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
     for thread in threads:
         thread.start()
+    while reload_every and time.perf_counter() < stop:
+        time.sleep(reload_every)
+        subprocess.run(["systemctl", "reload", "nginx.service"], check=True)
+        reloads += 1
     for thread in threads:
         thread.join()
     loaded = sorted(v for per_connection in latencies for v in per_connection)
-    return {"connections": connections, "seconds": seconds,
-            "requests_per_s": round(sum(done) / seconds, 1), "failed": sum(failed),
-            "loaded_p50_ms": round(1000 * loaded[len(loaded) // 2], 2),
-            "loaded_p99_ms": round(1000 * loaded[int(len(loaded) * 0.99)], 2)}
+    result = {"connections": connections, "seconds": seconds,
+              "requests_per_s": round(sum(done) / seconds, 1), "failed": sum(failed),
+              "retried": sum(retried),
+              "loaded_p50_ms": round(1000 * loaded[len(loaded) // 2], 2),
+              "loaded_p99_ms": round(1000 * loaded[int(len(loaded) * 0.99)], 2)}
+    if reload_every:
+        result["reloads"] = reloads
+    return result
 
 
 def main() -> int:
@@ -100,6 +114,12 @@ def main() -> int:
             "samples_s": sequential(scenario, settings["count"], settings["warmup"]),
             "throughput": throughput(scenario, settings["connections"], settings["seconds"]),
         }
+    reloading = dict(scenarios[1], name="edge_root_reloading")
+    results["edge_root_reloading"] = {
+        "samples_s": sequential(reloading, settings["count"], settings["warmup"]),
+        "throughput": throughput(reloading, settings["connections"], settings["seconds"],
+                                 reload_every=0.5),
+    }
     json.dump(results, sys.stdout)
     return 0
 
