@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,8 @@ RUNNER = AnsibleRunner(INVENTORY)
 CACHE = Path(os.environ["CONSUL_PLATFORM_CACHE"])
 SECRETS = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
 ANSIBLE_LOG = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.log"
-RELEASES = Path(__file__).resolve().parents[3] / "files" / "releases.yml"
+REPO = Path(__file__).resolve().parents[3]
+RELEASES = REPO / "files" / "releases.yml"
 
 
 def group(name: str) -> list[str]:
@@ -143,3 +146,16 @@ def dns_a_records(host, name: str) -> list[str]:
     result = host.run(f"python3 -c {_quote(_DNS_QUERY)} {name}")
     assert result.rc == 0, result.stderr
     return sorted(result.stdout.split())
+
+
+def run_playbook(name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run a playbook of the repository (`site.yml` or `playbooks/<name>`)
+    against molecule's own inventory, logging like the converge did."""
+    ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"),
+           "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOG_PATH": str(ephemeral / "ansible.log"), "ANSIBLE_VERBOSITY": "1"}
+    playbook = REPO / name if name == "site.yml" else REPO / "playbooks" / name
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", INVENTORY, str(playbook), *args],
+        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

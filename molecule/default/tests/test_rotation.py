@@ -7,26 +7,9 @@ secrets.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
-from conftest import INVENTORY, SECRETS, consul_api, group
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def run_playbook(name: str) -> subprocess.CompletedProcess:
-    ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"),
-           "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_LOG_PATH": str(ephemeral / "ansible.log"), "ANSIBLE_VERBOSITY": "1"}
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", INVENTORY,
-         str(REPO / "playbooks" / name)],
-        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+from conftest import SECRETS, consul_api, group, run_playbook
 
 
 def main_pid(host) -> str:

@@ -3,6 +3,7 @@ encrypted and authenticated, and no secret leaks into logs."""
 
 from __future__ import annotations
 
+import json
 import stat
 import uuid
 
@@ -16,6 +17,7 @@ from conftest import (
     dns_a_records,
     get_host,
     group,
+    run_playbook,
     token_secret,
     write_private_file,
 )
@@ -77,10 +79,23 @@ def test_each_app_host_has_its_own_web_service_token(clients):
                .content_string.strip() for host in apps}
     assert len(set(secrets.values())) == len(apps) >= 2
     assert secrets == {name: token_secret(f"python-web-service-{name}") for name in secrets}
-    # The one token an earlier version shared between the app hosts is gone.
     names = {t.get("Description", "") for t in consul_api(group_host("consul_servers"), "acl/tokens")}
-    assert "The web service's registration" not in names
     assert {f"The web service's registration on {name}" for name in secrets} <= names
+
+
+def test_a_rerun_deletes_the_token_an_earlier_version_shared(servers):
+    """Migration: the web-service token that every app host shared (same
+    derived accessor ID as the old version made) is deleted by a re-run."""
+    accessor = str(uuid.uuid5(uuid.UUID("6f4b6c1e-2f0d-4b8e-9a55-6c1b2f1d9c10"),
+                              "dc1/token/python-web-service"))
+    api_call(servers[0], f"acl/token/{accessor}", "DELETE")  # left by an aborted run
+    consul_api(servers[0], "acl/token", "PUT", json.dumps({
+        "AccessorID": accessor, "Description": "The web service's registration",
+        "Policies": [{"Name": "python-web-service"}]}))
+    assert api_call(servers[0], f"acl/token/{accessor}")[0] == 200
+    result = run_playbook("site.yml", "--tags", "consul_acl_tokens")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert api_call(servers[0], f"acl/token/{accessor}")[0] == 403  # ACL not found
 
 
 def test_web_service_token_registers_only_its_service_and_reads_nothing(app):
