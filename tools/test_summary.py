@@ -2,11 +2,14 @@
 """Sum the JUnit XML reports of one `make test` run into a closing line.
 
 The suite runs pytest more than once (unit tests, then testinfra inside
-molecule); this prints the totals as one plain "N passed, N failed" line.
+molecule); this prints the figures that tests recorded (figures.jsonl:
+requests retried after a reload, smuggling attempts refused, ...) and then
+the totals as one plain "N passed, N failed" line.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,8 +26,23 @@ def totals(folder: Path) -> dict[str, int]:
     return counts
 
 
+def figures(folder: Path) -> list[str]:
+    path = folder / "figures.jsonl"
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        what = record.pop("what")
+        lines.append(f"  {what}: " + ", ".join(f"{k}={v}" for k, v in record.items()))
+    return lines
+
+
 def main(argv: list[str]) -> int:
     folder = Path(argv[1]) if len(argv) > 1 else Path(".cache/test-results")
+    recorded = figures(folder)
+    if recorded:
+        print("figures recorded by the tests:", *recorded, sep="\n")
     counts = totals(folder)
     failed = counts["failures"] + counts["errors"]
     passed = counts["tests"] - failed - counts["skipped"]

@@ -159,3 +159,11 @@ def run_playbook(name: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", INVENTORY, str(playbook), *args],
         check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def record_figures(what: str, **figures: object) -> None:
+    """Figures a test measured (retries, refusals, ...) for `make test`'s
+    closing summary (tools/test_summary.py reads figures.jsonl)."""
+    folder = Path(os.environ.get("TEST_RESULTS_DIR", "/tmp"))
+    with (folder / "figures.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"what": what, **figures}) + "\n")

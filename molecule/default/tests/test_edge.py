@@ -23,7 +23,16 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import SECRETS, api_call, consul_api, get_host, group, secret, token_secret
+from conftest import (
+    SECRETS,
+    api_call,
+    consul_api,
+    get_host,
+    group,
+    record_figures,
+    secret,
+    token_secret,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))
 import lab_browser
@@ -306,6 +315,8 @@ def test_no_client_token_reaches_consul_in_any_spelling(reader, edge, base_url, 
     refused = sum(1 for codes in statuses.values() if codes[0] == 400)
     print(f"{len(statuses)} smuggling attempts: {refused} refused by nginx (400), "
           f"{len(statuses) - refused} denied by Consul with the reader's token (403)")
+    record_figures("token smuggling", attempts=len(statuses), refused_by_nginx_400=refused,
+                   denied_by_consul_403=len(statuses) - refused)
     # Statuses only: an assertion must never print a URL with the token.
     assert granted == {}
     server = get_host(group("consul_servers")[0])
@@ -539,6 +550,8 @@ def test_hostile_registrations_never_reach_nginx(edge, apps, base_url):
                     if f'instance left out: id="{sid}"' in journal}
 
         wait_for(lambda: logged() == set(registered), 30, "every hostile instance is logged")
+        record_figures("hostile registrations", taken_by_consul=len(registered),
+                       left_out_and_logged=len(logged()))
         assert upstream_lines(edge) == before
         client = anonymous()
         assert all(client.get(f"{base_url}/").status_code == 200 for _ in range(10))
@@ -569,6 +582,8 @@ def test_stopped_instance_leaves_the_upstream_with_no_failed_request(edge, apps,
     print(f"instance left the upstream {left:.1f} s after it stopped; "
           f"{load.ok} requests served, {len(load.failed)} failed, "
           f"{load.retries} retried once after a reload closed their idle connection")
+    record_figures("stopped instance under load", left_upstream_after_s=round(left, 1),
+                   served=load.ok, failed=len(load.failed), retried_once_after_reload=load.retries)
     assert load.ok > 50
     assert load.failed == []
     # Both upstream changes were reloads: the same nginx master serves.
