@@ -249,13 +249,20 @@ def token_headers(token: str) -> dict[str, list[tuple[str, str]]]:
     return headers
 
 
-def edge_request(base_url: str, method: str, target: str, headers: list[tuple[str, str]],
-                 body: bytes | None = None) -> tuple[int, bytes]:
-    """One request with the target and headers exactly as given (requests
-    would normalise the one and merge the other); a new connection each."""
+def edge_connection(base_url: str, timeout: float = 15) -> http.client.HTTPSConnection:
+    """A new connection to the edge's published port, trusting the lab CA."""
     parts = urlsplit(base_url)
     context = ssl.create_default_context(cafile=str(CA))
-    conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=15)
+    return http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=context,
+                                       timeout=timeout)
+
+
+def edge_request(base_url: str, method: str, target: str, headers: list[tuple[str, str]],
+                 body: bytes | None = None) -> tuple[int, bytes, dict[str, str]]:
+    """One request with the target and headers exactly as given (requests
+    would normalise the one and merge the other); a new connection each.
+    Returns the status, the body and the headers (names in lower case)."""
+    conn = edge_connection(base_url)
     try:
         conn.putrequest(method, target, skip_accept_encoding=True)
         for name, value in [*headers, ("Connection", "close")]:
@@ -264,7 +271,8 @@ def edge_request(base_url: str, method: str, target: str, headers: list[tuple[st
             conn.putheader("Content-Length", str(len(body)))
         conn.endheaders(body)
         response = conn.getresponse()
-        return response.status, response.read()
+        answer = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, response.read(), answer
     finally:
         conn.close()
 
@@ -335,7 +343,7 @@ def test_the_group_token_is_never_handed_to_a_browser(reader, admin, base_url):
     for session in (reader, admin):
         for path in ("/v1/acl/token/self", "/v1/acl/token/%73elf", "//v1/acl/token/self",
                      "/v1/acl/token/self/", "/v1/acl/token/./self"):
-            status, body = edge_request(base_url, "GET", path, [("Cookie", session.headers["Cookie"])])
+            status, body, _ = edge_request(base_url, "GET", path, [("Cookie", session.headers["Cookie"])])
             assert status == 403, path
             assert b"SecretID" not in body and b"AccessorID" not in body, path
     tokens = [token_secret("ui-operator"), token_secret("ui-read-only")]
@@ -359,7 +367,7 @@ def test_a_group_with_no_token_gets_403_from_nginx(reader, edge, base_url):
         wait_for(lambda: edge_request(base_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 403,
                  15, "nginx refuses the tokenless group")
         for path in (f"/v1/kv/{KV_KEY}?raw", "/v1/agent/self", "/ui/"):
-            status, body = edge_request(base_url, "GET", path, cookie)
+            status, body, _ = edge_request(base_url, "GET", path, cookie)
             assert status == 403 and b"map to no Consul token" in body, path
         # The journal takes the log lines a moment after the answers.
         wait_for(lambda: access_log(edge, 3).count("upstream=unix:/run/nginx/no-token.sock") == 3,
@@ -373,26 +381,18 @@ def test_a_group_with_no_token_gets_403_from_nginx(reader, edge, base_url):
 
 def test_edge_answers_carry_hsts_and_nosniff(reader, base_url, idp):
     cookie = [("Cookie", reader.headers["Cookie"])]
-    answers = {
-        "public /": anonymous().get(f"{base_url}/"),
-        "401 JSON": anonymous().get(f"{base_url}/v1/agent/self"),
-        "sign-in redirect": anonymous().get(f"{base_url}/ui/", allow_redirects=False),
-        "Consul UI": anonymous().get(f"{base_url}/ui/", headers={"Cookie": cookie[0][1]}),
+    targets = {
+        "public /": ("/", []),
+        "401 JSON": ("/v1/agent/self", []),
+        "sign-in redirect": ("/ui/", []),
+        "Consul UI": ("/ui/", cookie),
+        "400 token": ("/v1/kv/x?%74oken=1", cookie),
+        "403 self": ("/v1/acl/token/self", cookie),
     }
-    parts = urlsplit(base_url)
-    context = ssl.create_default_context(cafile=str(CA))
-    for label, target in (("400 token", "/v1/kv/x?%74oken=1"), ("403 self", "/v1/acl/token/self")):
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=10)
-        conn.request("GET", target, headers={"Cookie": cookie[0][1]})
-        response = conn.getresponse()
-        response.read()
-        answers[label] = response
-        conn.close()
-    for label, answer in answers.items():
-        headers = {k.lower(): v for k, v in (answer.headers.items() if hasattr(answer.headers, "items")
-                                              else answer.getheaders())}
-        assert headers.get("strict-transport-security") == "max-age=31536000", label
-        assert headers.get("x-content-type-options") == "nosniff", label
+    for label, (target, sent) in targets.items():
+        answer = edge_request(base_url, "GET", target, sent)[2]
+        assert answer.get("strict-transport-security") == "max-age=31536000", label
+        assert answer.get("x-content-type-options") == "nosniff", label
     idp.run("systemctl stop hydra.service")
     try:
         page = anonymous().get(f"{base_url}/ui/")
@@ -466,18 +466,13 @@ class Load:
     counted apart; every other failure, and every non-200, is a failure."""
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.host, self.port, self.path = parts.hostname, parts.port or 443, parts.path or "/"
+        self.url, self.path = url, urlsplit(url).path or "/"
         self.ok, self.failed, self.retries = 0, [], 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def connect(self) -> http.client.HTTPSConnection:
-        context = ssl.create_default_context(cafile=str(CA))
-        return http.client.HTTPSConnection(self.host, self.port, context=context, timeout=5)
-
     def run(self) -> None:
-        client = KeepAliveClient(self.connect)
+        client = KeepAliveClient(lambda: edge_connection(self.url, timeout=5))
         while not self.stop.is_set():
             try:
                 status = client.request("GET", self.path)[0]

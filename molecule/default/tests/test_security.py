@@ -23,10 +23,6 @@ from conftest import (
 )
 
 
-def group_host(name: str):
-    return get_host(group(name)[0])
-
-
 @pytest.fixture(scope="module")
 def app(clients):
     return clients[0]
@@ -73,13 +69,13 @@ def test_consul_template_token_reads_the_greeting_and_nothing_else(app):
     consul_api(app, f"kv/{sibling}", "DELETE")
 
 
-def test_each_app_host_has_its_own_web_service_token(clients):
+def test_each_app_host_has_its_own_web_service_token(clients, servers):
     apps = [host for host in clients if host.backend.host in group("app")]
     secrets = {host.backend.host: host.file("/etc/consul-tokens/python-web-service.token")
                .content_string.strip() for host in apps}
     assert len(set(secrets.values())) == len(apps) >= 2
     assert secrets == {name: token_secret(f"python-web-service-{name}") for name in secrets}
-    names = {t.get("Description", "") for t in consul_api(group_host("consul_servers"), "acl/tokens")}
+    names = {t.get("Description", "") for t in consul_api(servers[0], "acl/tokens")}
     assert {f"The web service's registration on {name}" for name in secrets} <= names
 
 
