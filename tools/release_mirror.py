@@ -2,11 +2,9 @@
 """Fill a local release mirror with the pinned binaries of files/releases.yml.
 
 The mirror is laid out exactly like the official download sites, so the roles
-use one download-and-verify path and only the base URL differs:
-
-  hashicorp: <product>/<v>/<product>_<v>_linux_amd64.zip + <product>_<v>_SHA256SUMS
-  github:    <product>/v<v>/<product>-v<v>.linux-amd64.tar.gz + ...-sha256sum.txt
-  ory:       <product>/v<v>/<product>_<v>-linux_sqlite_64bit.tar.gz + <product>_<v>_checksums.txt
+use one download-and-verify path and only the base URL differs. The file
+names of each site come from roles/release_binary/files/layouts.yml, which the
+release_binary action reads too.
 
 For each release: keep it when the cached archive matches its sums file;
 otherwise download and verify it when the official site is reachable;
@@ -40,6 +38,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "files" / "releases.yml"
+# The release sites' file names, shared with the release_binary action.
+LAYOUTS = yaml.safe_load((REPO / "roles" / "release_binary" / "files" / "layouts.yml")
+                         .read_text(encoding="utf-8"))
 # Fixed archive timestamps keep rebuilt archives byte-identical.
 ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
 TAR_EPOCH = 1577836800
@@ -64,40 +65,29 @@ class Release:
     cgo: str = "false"
     tags: str = ""
 
+    def _name(self, field: str) -> str:
+        return LAYOUTS[self.layout][field].format(product=self.product, version=self.version)
+
     @property
     def rel_dir(self) -> str:
-        if self.layout == "hashicorp":
-            return f"{self.product}/{self.version}"
-        return f"{self.product}/v{self.version}"
+        return self._name("mirror_dir")
 
     @property
     def archive(self) -> str:
-        if self.layout == "hashicorp":
-            return f"{self.product}_{self.version}_linux_amd64.zip"
-        if self.layout == "ory":
-            return f"{self.product}_{self.version}-linux_sqlite_64bit.tar.gz"
-        return f"{self.product}-v{self.version}.linux-amd64.tar.gz"
+        return self._name("archive")
 
     @property
     def sums(self) -> str:
-        if self.layout == "hashicorp":
-            return f"{self.product}_{self.version}_SHA256SUMS"
-        if self.layout == "ory":
-            return f"{self.product}_{self.version}_checksums.txt"
-        return f"{self.product}-v{self.version}.linux-amd64-sha256sum.txt"
+        return self._name("sums")
 
     @property
     def member(self) -> str:
         """The binary's path inside the archive."""
-        if self.layout == "github":
-            return f"{self.product}-v{self.version}.linux-amd64/{self.binary}"
-        return self.binary
+        return self._name("member")
 
     @property
     def official_dir_url(self) -> str:
-        if self.layout == "hashicorp":
-            return f"{self.official_base}/{self.rel_dir}"
-        return f"{self.official_base}/v{self.version}"
+        return f"{self.official_base}/{self._name('dir')}"
 
 
 def load_manifest(path: Path = MANIFEST) -> list[Release]:
