@@ -19,8 +19,33 @@ def consul_hex_to_base64(value: str) -> str:
     return base64.b64encode(binascii.unhexlify(text)).decode("ascii")
 
 
+def consul_secret_files(nodes: list[str], gossip_given: bool, bootstrap_given: bool) -> list[dict]:
+    """The secrets generated once into the controller's folder: {path, kind}.
+
+    kind "gossip" is a gossip key, "uuid" a token SecretID. Values the
+    inventory gives (vault) are left out."""
+    files = [] if gossip_given else [{"path": "consul_gossip_key", "kind": "gossip"}]
+    if not bootstrap_given:
+        files.append({"path": "consul_acl_bootstrap_token", "kind": "uuid"})
+    files += [{"path": f"consul_tokens/agent-{node}", "kind": "uuid"} for node in nodes]
+    files.append({"path": "consul_tokens/dns", "kind": "uuid"})
+    return files
+
+
+def consul_server_certificates(servers: list[str], server_name: str) -> list[dict]:
+    """The pki role's certificate list for the Consul servers.
+
+    SANs: server.<dc>.<domain> (what verify_server_hostname checks), the
+    node's own name, and localhost for local tools on the HTTPS port."""
+    return [{"name": host, "common_name": server_name,
+             "sans": [f"DNS:{server_name}", f"DNS:{host}", "DNS:localhost", "IP:127.0.0.1"],
+             "extended_key_usage": ["serverAuth", "clientAuth"]} for host in servers]
+
+
 class FilterModule:
     def filters(self):
         return {
             "consul_hex_to_base64": consul_hex_to_base64,
+            "consul_secret_files": consul_secret_files,
+            "consul_server_certificates": consul_server_certificates,
         }
