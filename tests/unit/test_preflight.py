@@ -113,4 +113,4 @@ def test_bad_edge_variable_is_named_with_its_fix(tmp_path, edge_vars, expected):
 def test_good_edge_inventory_passes_preflight(tmp_path):
     result = run_edge_preflight(tmp_path, {}, playbook="playbooks/preflight.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Check the edge_nginx role's variables" in result.stdout
+    assert "edge_nginx : Check the public URL" in result.stdout
