@@ -1,9 +1,53 @@
-"""consul_acl_expand_tokens: consul_acl_tokens with every per_host entry
-expanded into one token per host of its file's hosts group."""
+"""Filters that turn ACL data into the lists the consul_acl tasks loop over.
+
+consul_acl_collect: the consumers' contracts (what each role needs from
+Consul, handed over by the playbook with the group of hosts it runs on) into
+policies, tokens and retired token names. consul_acl_expand_tokens: every
+per_host token into one token per host. consul_acl_file_deliveries: which
+token file goes to which host of the play.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+
+def consul_acl_collect(consumers: list[dict[str, Any]]) -> dict[str, list]:
+    """Policies, tokens and retired names from consul_acl_consumers.
+
+    Each consumer is {hosts: <group>, contract: {tokens: [...], retired_tokens: [...]}}.
+    A contract token {name, description, rules, per_host, file} becomes a
+    policy of the same name with those rules, and a token holding it whose
+    file (if any) goes to the hosts of the consumer's group."""
+    policies: list[dict[str, Any]] = []
+    tokens: list[dict[str, Any]] = []
+    retired: list[str] = []
+    for consumer in consumers or []:
+        if "hosts" not in consumer or "contract" not in consumer:
+            raise AnsibleFilterError(
+                "consul_acl_consumers: each entry needs 'hosts' (a group) and 'contract'; "
+                f"got {sorted(consumer)}")
+        contract = consumer["contract"] or {}
+        for need in contract.get("tokens", []):
+            if not need.get("name") or not need.get("rules"):
+                raise AnsibleFilterError(
+                    f"consul_acl_consumers: a token of the contract for '{consumer['hosts']}' "
+                    "needs a name and rules")
+            description = need.get("description", need["name"])
+            policies.append({"name": need["name"], "description": description, "rules": need["rules"]})
+            token = {"name": need["name"], "description": description, "policies": [need["name"]],
+                     "per_host": bool(need.get("per_host", False))}
+            if need.get("file"):
+                token["file"] = {**need["file"], "hosts": consumer["hosts"]}
+            tokens.append(token)
+        retired.extend(contract.get("retired_tokens", []))
+    names = [p["name"] for p in policies]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise AnsibleFilterError(f"consul_acl_consumers: two contracts declare {', '.join(duplicates)}")
+    return {"policies": policies, "tokens": tokens, "retired": retired}
 
 
 def consul_acl_expand_tokens(tokens: list[dict[str, Any]],
@@ -26,6 +70,46 @@ def consul_acl_expand_tokens(tokens: list[dict[str, Any]],
     return expanded
 
 
+def consul_acl_file_deliveries(tokens: list[dict[str, Any]], groups: dict[str, list[str]],
+                               play_hosts: list[str]) -> list[dict[str, Any]]:
+    """One {host, name, path, owner, group, mode} per token file and host of
+    the play that gets it (a per-host token only to its own host)."""
+    deliveries = []
+    for token in tokens:
+        spec = token.get("file")
+        if not spec:
+            continue
+        targets = [spec["host"]] if "host" in spec else groups.get(spec["hosts"], [])
+        for host in targets:
+            if host in play_hosts:
+                deliveries.append({"host": host, "name": token["name"], "path": spec["path"],
+                                   "owner": spec.get("owner", "root"), "group": spec.get("group", "root"),
+                                   "mode": spec.get("mode", "0600")})
+    return deliveries
+
+
+def consul_acl_api_tokens(tokens: list[dict[str, Any]], nodes: list[str], datacenter: str,
+                         dns_policy: str = "dns-read") -> list[dict[str, Any]]:
+    """Every token to create in Consul, in one list: the agent token of each
+    node (node identity), the DNS token, then the consumer tokens.
+
+    key names the token for its derived accessor ID (stable across runs);
+    secret is its file in <secrets>/consul_tokens."""
+    api = [{"key": f"{datacenter}/agent/{node}", "secret": f"agent-{node}",
+            "description": f"Agent token of {node}",
+            "node_identities": [{"node_name": node, "datacenter": datacenter}]} for node in nodes]
+    api.append({"key": f"{datacenter}/dns", "secret": "dns", "description": "DNS interface of every agent",
+                "policies": [dns_policy]})
+    api += [{"key": f"{datacenter}/token/{t['name']}", "secret": t["name"],
+             "description": t.get("description", t["name"]), "policies": t["policies"]} for t in tokens]
+    return api
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"consul_acl_expand_tokens": consul_acl_expand_tokens}
+        return {
+            "consul_acl_collect": consul_acl_collect,
+            "consul_acl_expand_tokens": consul_acl_expand_tokens,
+            "consul_acl_file_deliveries": consul_acl_file_deliveries,
+            "consul_acl_api_tokens": consul_acl_api_tokens,
+        }

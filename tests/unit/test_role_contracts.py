@@ -1,0 +1,132 @@
+"""Contracts between roles: consumers and consul_acl, READMEs and argument specs.
+
+The consumers (python_web_service, edge_nginx) state what they need from
+Consul in their own vars; consul_acl collects what the playbook hands it and
+names no consumer itself. The filters are exercised directly, the contracts
+and the wiring are read from the repository's files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible.errors import AnsibleFilterError
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location(
+    "consul_acl_tokens", REPO / "roles/consul_acl/filter_plugins/consul_acl_tokens.py")
+acl = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(acl)
+
+GROUPS = {"app": ["app-1", "app-2"], "edge": ["edge-1"], "consul_servers": ["s-1"]}
+CONSUMERS = [
+    {"hosts": "app", "contract": {
+        "tokens": [
+            {"name": "svc", "description": "the service", "rules": 'service "svc" { policy = "write" }',
+             "per_host": True, "file": {"path": "/etc/consul-tokens/svc.token"}},
+            {"name": "reader", "rules": 'key "k" { policy = "read" }',
+             "file": {"path": "/etc/consul-tokens/reader.token", "mode": "0640", "group": "svc"}},
+            {"name": "writer", "rules": 'key "k" { policy = "write" }'},
+        ],
+        "retired_tokens": ["svc"]}},
+    {"hosts": "edge", "contract": {"tokens": [
+        {"name": "ui", "rules": 'node_prefix "" { policy = "read" }',
+         "file": {"path": "/etc/consul-tokens/ui.token"}}]}},
+]
+
+
+def test_each_contract_token_becomes_a_policy_and_a_token_for_its_group():
+    collected = acl.consul_acl_collect(CONSUMERS)
+    assert [p["name"] for p in collected["policies"]] == ["svc", "reader", "writer", "ui"]
+    by_name = {t["name"]: t for t in collected["tokens"]}
+    assert by_name["reader"]["policies"] == ["reader"]
+    assert by_name["reader"]["file"]["hosts"] == "app"
+    assert by_name["ui"]["file"]["hosts"] == "edge"
+    assert "file" not in by_name["writer"]
+    assert collected["retired"] == ["svc"]
+
+
+@pytest.mark.parametrize(("consumers", "message"), [
+    ([{"contract": {}}], "needs 'hosts'"),
+    ([{"hosts": "app", "contract": {"tokens": [{"name": "x"}]}}], "needs a name and rules"),
+    ([{"hosts": "app", "contract": {"tokens": [{"rules": "x"}]}}], "needs a name and rules"),
+    ([{"hosts": "app", "contract": {"tokens": [{"name": "x", "rules": "r"}]}},
+      {"hosts": "edge", "contract": {"tokens": [{"name": "x", "rules": "r"}]}}], "two contracts declare x"),
+], ids=["no-hosts", "no-rules", "no-name", "duplicate"])
+def test_a_broken_contract_is_named(consumers, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        acl.consul_acl_collect(consumers)
+
+
+def test_per_host_tokens_go_to_their_own_host_only():
+    tokens = acl.consul_acl_expand_tokens(acl.consul_acl_collect(CONSUMERS)["tokens"], GROUPS)
+    deliveries = acl.consul_acl_file_deliveries(tokens, GROUPS, ["app-1", "app-2", "edge-1"])
+    svc = [(d["host"], d["name"]) for d in deliveries if d["path"].endswith("svc.token")]
+    assert svc == [("app-1", "svc-app-1"), ("app-2", "svc-app-2")]
+    reader = [d for d in deliveries if d["name"] == "reader"]
+    assert [d["host"] for d in reader] == ["app-1", "app-2"]
+    assert {(d["group"], d["mode"]) for d in reader} == {("svc", "0640")}
+    assert [d["host"] for d in deliveries if d["name"] == "ui"] == ["edge-1"]
+
+
+def test_a_limited_run_delivers_to_the_hosts_of_the_play_only():
+    tokens = acl.consul_acl_expand_tokens(acl.consul_acl_collect(CONSUMERS)["tokens"], GROUPS)
+    deliveries = acl.consul_acl_file_deliveries(tokens, GROUPS, ["app-2"])
+    assert {d["host"] for d in deliveries} == {"app-2"}
+    assert sorted(d["name"] for d in deliveries) == ["reader", "svc-app-2"]
+
+
+def test_api_tokens_hold_agents_dns_then_consumers_with_stable_keys():
+    tokens = acl.consul_acl_expand_tokens(acl.consul_acl_collect(CONSUMERS)["tokens"], GROUPS)
+    api = acl.consul_acl_api_tokens(tokens, ["s-1", "app-1"], "dc1")
+    assert [t["key"] for t in api[:3]] == ["dc1/agent/s-1", "dc1/agent/app-1", "dc1/dns"]
+    assert api[0]["node_identities"] == [{"node_name": "s-1", "datacenter": "dc1"}]
+    assert "policies" not in api[0]
+    assert api[2]["policies"] == ["dns-read"]
+    assert {"key": "dc1/token/svc-app-1", "secret": "svc-app-1"}.items() <= api[3].items()
+
+
+def load_vars(role: str) -> dict:
+    return yaml.safe_load((REPO / "roles" / role / "vars" / "main.yml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("role", ["python_web_service", "edge_nginx"])
+def test_consumer_roles_state_their_needs(role):
+    contract = load_vars(role)[f"{role}_consul_acl"]
+    assert contract["tokens"], role
+    for token in contract["tokens"]:
+        assert token["name"] and token["rules"].strip(), token
+        assert set(token) <= {"name", "description", "rules", "per_host", "file"}, token
+
+
+def test_consul_acl_names_no_consumer():
+    consumer_names = {t["name"] for role in ("python_web_service", "edge_nginx")
+                      for t in load_vars(role)[f"{role}_consul_acl"]["tokens"]}
+    consul_acl_role = REPO / "roles" / "consul_acl"
+    text = "\n".join(p.read_text(encoding="utf-8") for p in consul_acl_role.rglob("*")
+                     if p.is_file() and p.suffix in {".yml", ".j2", ".md"})
+    for name in consumer_names | {"python-web-service", "app", "edge"}:
+        assert f'"{name}"' not in text and f" {name}:" not in text and f"[{name}]" not in text, name
+
+
+def test_the_acl_play_hands_every_consumer_contract_over():
+    plays = yaml.safe_load((REPO / "playbooks" / "consul.yml").read_text(encoding="utf-8"))
+    acl_play = next(p for p in plays if any(r.get("role") == "consul_acl" for r in p.get("roles", [])))
+    role = next(r for r in acl_play["roles"] if r["role"] == "consul_acl")
+    consumers = role["vars"]["consul_acl_consumers"]
+    imported = {t["ansible.builtin.import_role"]["name"] for t in acl_play["pre_tasks"]}
+    assert {c["contract"].strip("{} ").removesuffix("_consul_acl") for c in consumers} == imported
+
+
+def test_role_readmes_state_the_inputs_their_argument_specs_take():
+    import role_docs
+
+    for role in role_docs.roles():
+        readme = (role / "README.md").read_text(encoding="utf-8")
+        assert role_docs.render(role, readme) == readme, (
+            f"{role.name}/README.md: the contract table is out of step with meta/argument_specs.yml; "
+            "run python tools/role_docs.py")
+        assert "| output |" in readme, f"{role.name}/README.md names no output"
