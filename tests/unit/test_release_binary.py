@@ -76,6 +76,10 @@ def test_installs_then_leaves_alone(tmp_path, product, method):
                              capture_output=True, text=True, check=False)
     assert rel.version in version.stdout + version.stderr
 
+    archive = tmp_path / "downloads" / rel.archive
+    assert release_mirror.sha256(archive) == release_mirror.expected_sum(
+        MIRROR / rel.rel_dir / rel.sums, rel.archive), "the verified archive is kept on the host"
+
     again, rerun = run_install(tmp_path, product, mirror_url(product), method=method)
     assert again.returncode == 0, again.stdout
     assert rerun["changed"] is False

@@ -194,8 +194,15 @@ def main() -> None:
 
     if not installed:
         if p["src"]:
-            archive_path = p["src"]
+            # Kept in download_dir like a downloaded archive, once it is verified.
             want = p["sha256"].lower()
+            if sha256_of(p["src"]) != want:
+                module.fail_json(msg=f"{p['archive']} copied from the controller does not match "
+                                     f"SHA256 {want}; nothing was installed", **result)
+            os.makedirs(p["download_dir"], mode=0o755, exist_ok=True)
+            archive_path = os.path.join(p["download_dir"], p["archive"])
+            shutil.copyfile(p["src"], archive_path)
+            os.chmod(archive_path, 0o644)
         elif p["url"]:
             base = p["url"].rstrip("/")
             try:
@@ -219,8 +226,7 @@ def main() -> None:
             module.exit_json(**result)
         got = sha256_of(archive_path)
         if got != want:
-            if not p["src"]:
-                os.unlink(archive_path)
+            os.unlink(archive_path)
             module.fail_json(msg=f"{p['archive']} has SHA256 {got}, the release's sums say {want}; "
                                  "the archive was removed and nothing was installed", **result)
         try:
