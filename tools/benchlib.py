@@ -57,8 +57,11 @@ def consul_api(container: str, path: str, token_file: Path | str, method: str = 
     else:
         read_token, stdin = 't=$(cat "$4")', ""
     data = '--data-binary @-' if body is not None else ""
-    script = (f'{read_token}; curl -s -m "$1" -w "\\n%{{http_code}}" -X "$2" {data} '
-              '-H "X-Consul-Token: $t" "http://127.0.0.1:8500$3"')
+    # The header goes through a root-only file that printf (a shell builtin)
+    # writes: no command line in the container carries the token.
+    script = (f'{read_token}; h=$(umask 077 && mktemp) && printf "X-Consul-Token: %s\\n" "$t" > "$h"; '
+              f'curl -s -m "$1" -w "\\n%{{http_code}}" -X "$2" {data} '
+              '-H @"$h" "http://127.0.0.1:8500$3"; rc=$?; rm -f "$h"; exit $rc')
     result = subprocess.run(
         ["docker", "exec", "-i", container, "sh", "-c", script, "sh", str(timeout), method, path,
          str(token_file)],

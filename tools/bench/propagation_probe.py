@@ -56,7 +56,7 @@ def load(target: Target, interval: float, stop: threading.Event) -> None:
                     target.failures.append(f"{now:.3f} HTTP {response.status} {body[:40]!r}")
                 else:
                     target.first_seen.setdefault(body.rstrip("\n"), now)
-        except (OSError, http.client.HTTPException) as exc:
+        except Exception as exc:  # every exception is a failed request, never a silent end
             with target.lock:
                 target.requests += 1
                 target.failures.append(f"{time.monotonic():.3f} {type(exc).__name__}: {exc}")

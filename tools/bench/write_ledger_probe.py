@@ -46,7 +46,7 @@ def writer(index: int, prefix: str, token: str, timeout: float, stop: threading.
             status, body = request("PUT", f"/v1/kv/{key}", token, value, timeout)
             acked = status == 200 and body.strip() == "true"
             error = "" if acked else f"HTTP {status}: {body.strip()[:80]}"
-        except OSError as exc:
+        except Exception as exc:  # every exception is a failed write, never a silent end
             acked, error = False, type(exc).__name__
             time.sleep(0.05)
         with lock:
@@ -62,7 +62,7 @@ def verify(prefix: str, token: str, ledger: list) -> dict:
             try:
                 status, body = request("GET", f"/v1/kv/{entry['key']}?raw&consistent", token)
                 break
-            except OSError:
+            except Exception:  # retried, then counted as lost below
                 time.sleep(0.5 * (attempt + 1))
         else:
             status, body = 0, ""

@@ -68,10 +68,13 @@ def token_secret(token: str) -> str:
 
 
 def write_private_file(host, path: str, content: str) -> None:
-    """Write a file on the host through the copy module, whose content
-    Ansible never logs (arguments as JSON, so nothing is templated)."""
-    args = json.dumps({"dest": path, "mode": "0600", "content": content})
-    host.ansible("ansible.builtin.copy", args, check=False)
+    """Write a root-only file on the host (a docker container, like every
+    host of this scenario). The content goes in on stdin: no command line,
+    here or in the container, ever carries it."""
+    name = host.backend.host
+    container = RUNNER.get_variables(name).get("ansible_host", name)
+    subprocess.run(["docker", "exec", "-i", container, "sh", "-c", 'umask 077 && cat > "$1"', "sh", path],
+                   input=content, text=True, check=True, capture_output=True)
 
 
 _HEADER_FILES: dict[tuple[str, str], str] = {}
@@ -83,9 +86,7 @@ def _header_file(host, token: str) -> str:
     key = (host.backend.host, token)
     if key not in _HEADER_FILES:
         path = f"/root/.consul-test-{token}.header"
-        host.ansible("ansible.builtin.copy",
-                     f"dest={path} mode=0600 content='X-Consul-Token: {token_secret(token)}\n'",
-                     check=False)
+        write_private_file(host, path, f"X-Consul-Token: {token_secret(token)}\n")
         _HEADER_FILES[key] = path
     return _HEADER_FILES[key]
 

@@ -1,6 +1,8 @@
 """Losing the leader: a new one is elected, KV stays usable, the old one rejoins.
 
-Runs last (file order): it stops and starts Consul on one server.
+It stops and starts Consul on one server, and whatever happens it leaves
+only once the raft is healthy again, so no other test depends on running
+before or after it.
 """
 
 from __future__ import annotations
@@ -58,11 +60,10 @@ def test_leader_loss_elects_a_new_leader_and_keeps_kv(servers):
         assert consul_api(others[0], f"kv/{key}?raw") == "during"
     finally:
         assert old.run("systemctl start consul").rc == 0
-
-    # Every server must see it: right after the restart, one may still count
-    # the last contact with a follower as too old (429) for a moment.
-    wait_for(lambda: all(autopilot_healthy(s) for s in servers), 60,
-             "a healthy raft with the old leader back, seen from every server")
+        # Every server must see it: right after the restart, one may still
+        # count the last contact with a follower as too old (429) for a moment.
+        wait_for(lambda: all(autopilot_healthy(s) for s in servers), 60,
+                 "a healthy raft with the old leader back, seen from every server")
     health = consul_api(others[0], "operator/autopilot/health")
     assert health["Healthy"] and len(health["Servers"]) == 3
     assert consul_api(old, f"kv/{key}?raw") == "during"

@@ -1,8 +1,8 @@
 """Rotating the gossip key and reissuing certificates keep the cluster up.
 
-Runs the real playbooks against molecule's own inventory, after the failover
-test (file order) and before the security tests, which then check the new
-secrets.
+Runs the real playbooks against molecule's own inventory. The other tests
+read the secrets from the controller's folder when they run, so they pass
+before or after a rotation.
 """
 
 from __future__ import annotations
