@@ -36,23 +36,23 @@ venv: $(BIN)/.installed ## Python venv with the pinned tools (requirements.txt)
 
 .PHONY: docker
 docker: venv ## Make sure a docker engine answers (installs and starts one on Debian as root)
-	$(BIN)/python tools/ensure_docker.py
+	$(BIN)/python tools/lab/ensure_docker.py
 
 .PHONY: browser
 browser: venv ## Make sure Debian's chromium and certutil are there (the edge's browser test)
-	$(BIN)/python tools/ensure_browser.py
+	$(BIN)/python tools/lab/ensure_browser.py
 
 .PHONY: image
 image: docker ## Build the systemd base image with debootstrap (cached by tag)
-	$(BIN)/python tools/build_base_image.py
+	$(BIN)/python tools/lab/build_base_image.py
 
 .PHONY: mirror
 mirror: venv ## Fill the local release mirror (download, or build from Go modules)
-	$(BIN)/python tools/release_mirror.py
+	$(BIN)/python tools/lab/release_mirror.py
 
 .PHONY: wheelhouse
 wheelhouse: venv ## Build the web service's wheel and fetch its pinned wheels (offline installs)
-	$(BIN)/python tools/build_wheelhouse.py
+	$(BIN)/python tools/lab/build_wheelhouse.py
 
 .PHONY: lab
 lab: image mirror wheelhouse ## Set up everything, bring up the lab, run site.yml against it
@@ -62,44 +62,44 @@ lab: image mirror wheelhouse ## Set up everything, bring up the lab, run site.ym
 
 .PHONY: bench
 bench: bench-converge bench-scale bench-propagation bench-edge bench-failover bench-hardening bench-idp-login ## Every benchmark, then docs/bench/REPORT.md (takes ~35 min)
-	$(BIN)/python tools/bench_report.py
+	$(BIN)/python tools/bench/bench_report.py
 
 .PHONY: bench-converge
 bench-converge: image mirror wheelhouse ## Fresh and re-run converge, stock vs Mitogen; rebuilds the lab (docs/bench/converge.*)
-	$(BIN)/python tools/bench_converge.py converge
+	$(BIN)/python tools/bench/bench_converge.py converge
 
 .PHONY: bench-scale
 bench-scale: image mirror ## 3 servers + 5/10/20 clients beside the lab: converge and settle times (docs/bench/scale.*)
-	$(BIN)/python tools/bench_converge.py scale
+	$(BIN)/python tools/bench/bench_converge.py scale
 
 .PHONY: bench-edge
 bench-edge: lab browser ## The edge: / through nginx vs direct, auth_request cost (docs/bench/edge.*)
-	$(BIN)/python tools/bench_edge.py
+	$(BIN)/python tools/bench/bench_edge.py
 
 .PHONY: bench-propagation
 bench-propagation: lab ## KV change -> served, ours (reload) vs the seed's (restart), under load
-	$(BIN)/python tools/bench_propagation.py
+	$(BIN)/python tools/bench/bench_propagation.py
 
 .PHONY: bench-failover
 bench-failover: lab ## kill -9 the leader 20 times under KV writes (docs/bench/failover.*)
-	$(BIN)/python tools/bench_failover.py
+	$(BIN)/python tools/bench/bench_failover.py
 
 .PHONY: bench-hardening
 bench-hardening: lab ## systemd-analyze security of every unit on the lab (docs/bench/hardening.*)
-	$(BIN)/python tools/bench_hardening.py
+	$(BIN)/python tools/bench/bench_hardening.py
 
 .PHONY: bench-idp-login
 bench-idp-login: lab ## The lab IdP's login: unknown vs known user names, same time? (docs/bench/idp_login.json)
-	$(BIN)/python tools/bench_idp_login.py
+	$(BIN)/python tools/bench/bench_idp_login.py
 
 .PHONY: bench-report
 bench-report: venv ## Rewrite docs/bench/REPORT.md from the JSON reports
-	$(BIN)/python tools/bench_report.py
+	$(BIN)/python tools/bench/bench_report.py
 
 .PHONY: chaos
 chaos: lab ## Fault drills against the lab, pass/fail table into docs/bench/REPORT.md
-	status=0; $(BIN)/python tools/chaos.py || status=$$?; \
-	  $(BIN)/python tools/bench_report.py; exit $$status
+	status=0; $(BIN)/python tools/drills/chaos.py || status=$$?; \
+	  $(BIN)/python tools/bench/bench_report.py; exit $$status
 
 .PHONY: greeting
 greeting: venv ## Change the greeting in Consul KV and wait for every instance: GREETING='Hello Consul'
@@ -109,7 +109,7 @@ greeting: venv ## Change the greeting in Consul KV and wait for every instance: 
 
 .PHONY: lab-status
 lab-status: ## Print the lab's cluster state and how to reach it
-	@$(BIN)/python tools/lab_status.py
+	@$(BIN)/python tools/lab/lab_status.py
 
 .PHONY: lab-destroy
 lab-destroy: venv ## Remove the lab containers and network (keeps images and the mirror)
@@ -122,7 +122,7 @@ export TEST_RESULTS_DIR := $(RESULTS)
 test: ## The whole test suite: lint, unit, molecule (what .ci/run runs)
 	rm -rf $(RESULTS) && mkdir -p $(RESULTS)
 	$(MAKE) --no-print-directory lint unit molecule
-	$(BIN)/python tools/test_summary.py $(RESULTS)
+	$(BIN)/python tools/checks/test_summary.py $(RESULTS)
 
 .PHONY: lint
 lint: venv ## yamllint, ansible-lint (production profile), syntax checks, ruff

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The benchmark cluster (tools/bench_converge.py): 3 servers and N clients.
+"""The benchmark cluster (tools/bench/bench_converge.py): 3 servers and N clients.
 
 An inventory script, so that one inventory covers every size the benchmarks
 need: BENCH_CLIENTS (default 2) sets the number of client agents. Host names

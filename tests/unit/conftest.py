@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
+sys.path[:0] = [str(REPO / "tools" / part) for part in ("lab", "bench", "checks")]
 
 import release_mirror  # noqa: E402
 

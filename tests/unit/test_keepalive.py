@@ -1,4 +1,4 @@
-"""The load generator's HTTP client (tools/bench/keepalive.py) against a real
+"""The load generator's HTTP client (tools/bench/probes/keepalive.py) against a real
 socket server on loopback that misbehaves on purpose: it retries only what
 RFC 9112 section 9.3.1 allows (idempotent, reused connection, no response
 byte), once, and counts it; every other failure is raised."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench" / "probes"))
 from keepalive import ClosedBeforeResponse, KeepAliveClient
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"

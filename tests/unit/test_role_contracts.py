@@ -128,5 +128,5 @@ def test_role_readmes_state_the_inputs_their_argument_specs_take():
         readme = (role / "README.md").read_text(encoding="utf-8")
         assert role_docs.render(role, readme) == readme, (
             f"{role.name}/README.md: the contract table is out of step with meta/argument_specs.yml; "
-            "run python tools/role_docs.py")
+            "run python tools/checks/role_docs.py")
         assert "| output |" in readme, f"{role.name}/README.md names no output"

@@ -1,4 +1,4 @@
-"""tools/test_summary.py: the closing line of `make test` and its exit code."""
+"""tools/checks/test_summary.py: the closing line of `make test` and its exit code."""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def run_playbook(name: str, *args: str) -> subprocess.CompletedProcess:
 
 def record_figures(what: str, **figures: object) -> None:
     """Figures a test measured (retries, refusals, ...) for `make test`'s
-    closing summary (tools/test_summary.py reads figures.jsonl)."""
+    closing summary (tools/checks/test_summary.py reads figures.jsonl)."""
     folder = Path(os.environ.get("TEST_RESULTS_DIR", "/tmp"))
     with (folder / "figures.jsonl").open("a", encoding="utf-8") as handle:
         handle.write(json.dumps({"what": what, **figures}) + "\n")

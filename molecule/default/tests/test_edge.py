@@ -34,11 +34,11 @@ from conftest import (
     token_secret,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "lab"))
 import lab_browser
 from lab_browser import session_cookie, trusted_browser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "bench" / "probes"))
 from keepalive import KeepAliveClient
 
 CA = SECRETS / "web-ca" / "web-ca.pem"

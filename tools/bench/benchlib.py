@@ -18,7 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
+import lab_inventory
+
+REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "docs" / "bench"
 BIN = Path(sys.executable).parent
 LAB_INVENTORY = REPO / "inventories" / "lab"
@@ -146,7 +149,7 @@ def write_report(name: str, data: dict) -> Path:
 
 
 # The lab's Consul servers, seen from outside: leader, health, kills.
-SERVERS = ["consul-server-1", "consul-server-2", "consul-server-3"]
+SERVERS = lab_inventory.group("consul_servers")
 MANAGEMENT_TOKEN = LAB_SECRETS / "consul_acl_bootstrap_token"
 
 
@@ -182,9 +185,9 @@ def kill_consul(container: str) -> float:
 
 
 class LedgerProbe:
-    """tools/bench/write_ledger_probe.py on a lab host, for a `with` block."""
+    """tools/bench/probes/write_ledger_probe.py on a lab host, for a `with` block."""
 
-    def __init__(self, host: str = "edge-1",
+    def __init__(self, host: str = lab_inventory.first("edge"),
                  token_file: str = "/etc/consul-tokens/ui-operator.token", writers: int = 4,
                  timeout: float = 10.0):
         self.host = host
@@ -193,7 +196,7 @@ class LedgerProbe:
         self.result: dict = {}
 
     def __enter__(self) -> LedgerProbe:
-        probe = Path(__file__).resolve().parent / "bench" / "write_ledger_probe.py"
+        probe = Path(__file__).resolve().parent / "probes" / "write_ledger_probe.py"
         run("docker", "cp", str(probe), f"{self.host}:/root/write_ledger_probe.py")
         self.process = subprocess.Popen(
             ["docker", "exec", "-i", self.host, "python3", "/root/write_ledger_probe.py",

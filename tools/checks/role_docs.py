@@ -7,8 +7,8 @@ every entry point (name, default, meaning, from the specs) and the role's
 `output` rows (what it provides to other roles and to the hosts), which are
 written by hand and kept as they are.
 
-  python tools/role_docs.py          rewrite the input rows
-  python tools/role_docs.py --check  exit 1 when a README is out of step
+  python tools/checks/role_docs.py          rewrite the input rows
+  python tools/checks/role_docs.py --check  exit 1 when a README is out of step
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 START, END = "<!-- contract -->", "<!-- /contract -->"
 HEADER = ["| direction | name | default | meaning |", "|---|---|---|---|"]
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         verb = "out of step" if args.check else "rewritten"
         print(f"README contract tables {verb}: {', '.join(stale)}"
-              + (" (run python tools/role_docs.py)" if args.check else ""))
+              + (" (run python tools/checks/role_docs.py)" if args.check else ""))
     return 1 if stale and args.check else 0
 
 

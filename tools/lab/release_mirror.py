@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "files" / "releases.yml"
 # The release sites' file names, shared with the release_binary action.
 LAYOUTS = yaml.safe_load((REPO / "roles" / "release_binary" / "files" / "layouts.yml")

@@ -230,7 +230,7 @@ def main() -> int:
     dated = [r for r in reports.values() if r and "machine" in r and "cpu" in r["machine"]]
     latest = max(dated, key=lambda r: r["measured_at"]) if dated else None
     lines = ["# Benchmarks and chaos drills", "",
-             "Written by `tools/bench_report.py` from the JSON files next to it "
+             "Written by `tools/bench/bench_report.py` from the JSON files next to it "
              "(`make bench`, `make chaos`). Numbers are from one run each; nothing here is a "
              "test assertion.", ""]
     if latest:

@@ -2,7 +2,7 @@
 """`make bench-edge`: what the edge costs.
 
 Signs in at the lab's edge as the reader (Debian's chromium through the real
-IdP), then runs tools/bench/edge_probe.py on edge-1 and compares, on one
+IdP), then runs tools/bench/probes/edge_probe.py on edge-1 and compares, on one
 clock: `/` through nginx vs one app instance directly; a Consul KV read
 through nginx (TLS, auth_request to oauth2-proxy, group token) vs straight
 to the local agent; and the auth_request call alone. Prints a table and
@@ -17,16 +17,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lab_inventory
 from benchlib import LAB_SECRETS, OUT, REPO, container_ip, percentile, run, write_report
 from lab_browser import session_cookie, sign_in, trusted_browser
 
-PROBE = REPO / "tools" / "bench" / "edge_probe.py"
-KEEPALIVE = REPO / "tools" / "bench" / "keepalive.py"
+PROBE = REPO / "tools" / "bench" / "probes" / "edge_probe.py"
+KEEPALIVE = REPO / "tools" / "bench" / "probes" / "keepalive.py"
 SECRETS = LAB_SECRETS
 BASE_URL = "https://localhost:8443"
 LABELS = {
-    "app_direct": "/ straight to app-1",
+    "app_direct": "/ straight to the first app host",
     "edge_root": "/ through nginx (TLS)",
     "consul_direct": "KV read straight to the agent",
     "edge_api": "KV read through nginx + auth_request",
@@ -103,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         context.close()
     settings = {"cookie": cookie, "kv_key": "python-web-service/greeting",
                 "consul_token_file": "/etc/consul-tokens/ui-read-only.token",
-                "app": f"{container_ip('app-1')}:8080", "count": args.count,
+                "app": f"{container_ip(lab_inventory.first('app'))}:8080", "count": args.count,
                 "warmup": args.warmup, "connections": args.connections, "seconds": args.seconds}
-    run("docker", "cp", str(PROBE), "edge-1:/root/edge_probe.py")
-    run("docker", "cp", str(KEEPALIVE), "edge-1:/root/keepalive.py")
-    probe = subprocess.run(["docker", "exec", "-i", "edge-1", "python3", "/root/edge_probe.py"],
+    edge = lab_inventory.first("edge")
+    run("docker", "cp", str(PROBE), f"{edge}:/root/edge_probe.py")
+    run("docker", "cp", str(KEEPALIVE), f"{edge}:/root/keepalive.py")
+    probe = subprocess.run(["docker", "exec", "-i", edge, "python3", "/root/edge_probe.py"],
                            input=json.dumps(settings), check=True, capture_output=True, text=True)
     summary = summarise(json.loads(probe.stdout))
 

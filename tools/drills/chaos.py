@@ -4,7 +4,7 @@
 Each drill breaks one thing for real (SIGKILL, a stopped cluster, a container
 taken off the docker network), says what it expects, waits for it with a
 time limit, and puts the lab back. Writes docs/bench/chaos.json; the report
-(tools/bench_report.py) turns it into a table. Exit status 1 if a drill fails.
+(tools/bench/bench_report.py) turns it into a table. Exit status 1 if a drill fails.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import lab_inventory
 from bench_failover import kill_rounds
 from benchlib import (
     MANAGEMENT_TOKEN,
@@ -33,6 +35,9 @@ from benchlib import (
     write_report,
 )
 
+FIRST_SERVER = SERVERS[0]
+FIRST_APP = lab_inventory.first("app")
+EDGE = lab_inventory.first("edge")
 NETWORK = "consul-lab"
 SERVICE = "python-web-service"
 GREETING_KEY = "python-web-service/greeting"
@@ -64,11 +69,11 @@ class Drill:
                 "duration_s": round(time.monotonic() - self.started, 1), "checks": self.checks}
 
 
-def kv_put(key: str, value: str, via: str = "consul-server-1") -> bool:
+def kv_put(key: str, value: str, via: str = FIRST_SERVER) -> bool:
     return consul_api(via, f"/v1/kv/{key}", MANAGEMENT_TOKEN, "PUT", value)[1] == "true"
 
 
-def kv_get(key: str, via: str = "consul-server-1", mode: str = "consistent") -> str | None:
+def kv_get(key: str, via: str = FIRST_SERVER, mode: str = "consistent") -> str | None:
     code, body = consul_api(via, f"/v1/kv/{key}?raw&{mode}", MANAGEMENT_TOKEN)
     return body if code == 200 else None
 
@@ -103,7 +108,7 @@ def drill_full_restart() -> dict:
     drill = Drill("full-server-restart", "stop consul on all three servers at once, start them "
                   "again: no re-bootstrap, data and tokens still there")
     marker = uuid.uuid4().hex
-    before = token_self("consul-server-1", MANAGEMENT_TOKEN)
+    before = token_self(FIRST_SERVER, MANAGEMENT_TOKEN)
     drill.check("marker written before the restart", kv_put("chaos/restart-marker", marker))
     in_parallel(lambda s: run("docker", "exec", s, "systemctl", "stop", "consul"), SERVERS)
     stopped = [s for s in SERVERS if run("docker", "exec", s, "systemctl", "is-active", "consul",
@@ -111,17 +116,17 @@ def drill_full_restart() -> dict:
     drill.check("all three servers stopped", len(stopped) == len(SERVERS), ", ".join(stopped))
     in_parallel(lambda s: run("docker", "exec", s, "systemctl", "start", "consul"), SERVERS)
     drill.wait("a leader and every server healthy again", cluster_healthy, timeout=120)
-    after = token_self("consul-server-1", MANAGEMENT_TOKEN)
+    after = token_self(FIRST_SERVER, MANAGEMENT_TOKEN)
     drill.check("the management token is the same one (no re-bootstrap)",
                 before and after and before["AccessorID"] == after["AccessorID"]
                 and before["CreateIndex"] == after["CreateIndex"],
                 f"created at raft index {after and after['CreateIndex']}")
     drill.check("the marker written before is there", kv_get("chaos/restart-marker") == marker)
     drill.check("the app's consul-template token still works",
-                token_self("app-1", "/etc/consul-tokens/consul-template.token") is not None)
+                token_self(FIRST_APP, "/etc/consul-tokens/consul-template.token") is not None)
     drill.wait("every instance of the service passes its checks again",
                lambda: len(passing_instances()) == 2, timeout=120)
-    consul_api("consul-server-1", "/v1/kv/chaos/restart-marker", MANAGEMENT_TOKEN, "DELETE")
+    consul_api(FIRST_SERVER, "/v1/kv/chaos/restart-marker", MANAGEMENT_TOKEN, "DELETE")
     return drill.result()
 
 
@@ -160,34 +165,34 @@ def drill_server_partition(cut_s: float = 12.0, write_timeout: float = 5.0) -> d
     lost = len(probe.result["verify"]["lost"])
     drill.check("zero acknowledged writes lost", lost == 0,
                 f"{probe.result['verify']['acked']} acknowledged, {lost} lost")
-    consul_api("consul-server-1", "/v1/kv/chaos/partition-marker", MANAGEMENT_TOKEN, "DELETE")
+    consul_api(FIRST_SERVER, "/v1/kv/chaos/partition-marker", MANAGEMENT_TOKEN, "DELETE")
     return drill.result()
 
 
 def passing_instances() -> set[str]:
-    code, body = consul_api("consul-server-1", f"/v1/health/service/{SERVICE}?passing",
+    code, body = consul_api(FIRST_SERVER, f"/v1/health/service/{SERVICE}?passing",
                             MANAGEMENT_TOKEN)
     return {entry["Node"]["Node"] for entry in json.loads(body)} if code == 200 else set()
 
 
 def dns_addresses() -> set[str]:
-    out = run("docker", "exec", "edge-1", "getent", "ahostsv4", f"{SERVICE}.service.consul",
+    out = run("docker", "exec", EDGE, "getent", "ahostsv4", f"{SERVICE}.service.consul",
               capture=True, check=False)
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
 def upstream_file() -> str:
-    return run("docker", "exec", "edge-1", "cat", UPSTREAMS, capture=True, check=False)
+    return run("docker", "exec", EDGE, "cat", UPSTREAMS, capture=True, check=False)
 
 
 def edge_root_ok() -> bool:
-    code = run("docker", "exec", "edge-1", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+    code = run("docker", "exec", EDGE, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                "--cacert", "/etc/nginx/tls/ca.pem", "--resolve", "localhost:443:127.0.0.1",
                "https://localhost/", capture=True, check=False)
     return code.strip() == "200"
 
 
-def drill_app_partition(node: str = "app-1") -> dict:
+def drill_app_partition(node: str = FIRST_APP) -> dict:
     drill = Drill("app-partition", f"take {node} off the docker network: its service turns "
                   "critical and leaves DNS and the nginx upstream; it returns when reconnected")
     address = container_ip(node)
@@ -226,7 +231,7 @@ def served_greeting(host: str) -> str:
                capture=True, check=False).strip()
 
 
-def drill_process_kills(host: str = "app-1") -> dict:
+def drill_process_kills(host: str = FIRST_APP) -> dict:
     drill = Drill("process-kills", f"kill -9 consul-template, then the web service, on {host}: "
                   "systemd starts them again and the greeting served is the one in KV")
     original = kv_get(GREETING_KEY)

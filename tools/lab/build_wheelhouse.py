@@ -21,7 +21,7 @@ from pathlib import Path
 
 from release_mirror import TAR_EPOCH, cache_root
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SERVICE = REPO / "files" / "python-web-service"
 # Same fixed timestamp as the release mirror's archives.
 SOURCE_DATE_EPOCH = str(TAR_EPOCH)

@@ -2,7 +2,7 @@
 """`make bench-failover`: kill -9 the leader under KV writes, many times.
 
 Four writers on edge-1 put new keys through the local client agent without a
-pause (tools/bench/write_ledger_probe.py). Each round waits until autopilot
+pause (tools/bench/probes/write_ledger_probe.py). Each round waits until autopilot
 calls every server healthy, SIGKILLs the leader's consul (systemd starts it
 again), and takes the time from the kill to the end of the first write that
 was sent after the kill and acknowledged. At the end every acknowledged write

@@ -9,7 +9,7 @@ rendering the same key with the same wait timers. They are measured one after
 the other, each with only its own consul-template running, so that the
 seed's restarts do not take CPU from ours in the middle of a measurement. A
 probe on the edge host times each write and keeps a steady request load on
-the measured instances (tools/bench/propagation_probe.py).
+the measured instances (tools/bench/probes/propagation_probe.py).
 Writes docs/bench/propagation.json and docs/bench/propagation.png.
 """
 
@@ -20,10 +20,12 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lab_inventory
 from benchlib import LAB_INVENTORY, OUT, REPO, container_ip, percentile, playbook, run, write_report
 
-PROBE = REPO / "tools" / "bench" / "propagation_probe.py"
+PROBE = REPO / "tools" / "bench" / "probes" / "propagation_probe.py"
 APPROACHES = {
     "ours": "consul-template renders JSON, service reloads in place (SIGHUP)",
     "seed": "consul-template restarts the service on every change (the blog post)",
@@ -102,8 +104,8 @@ def plot(summary: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=100)
-    parser.add_argument("--apps", nargs="+", default=["app-1", "app-2"])
-    parser.add_argument("--probe-host", default="edge-1")
+    parser.add_argument("--apps", nargs="+", default=lab_inventory.group("app"))
+    parser.add_argument("--probe-host", default=lab_inventory.first("edge"))
     parser.add_argument("--token-file", default="/etc/consul-tokens/ui-operator.token",
                         help="on the probe host: a token that may write the key")
     args = parser.parse_args(argv)

@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-SERVER = "consul-server-1"
-TOKEN_FILE = Path(__file__).resolve().parent.parent / "inventories/lab/.secrets/consul_acl_bootstrap_token"
+import lab_inventory
+
+SERVER = lab_inventory.first("consul_servers")
+TOKEN_FILE = Path(__file__).resolve().parents[2] / "inventories/lab/.secrets/consul_acl_bootstrap_token"
 
 
 def consul(*args: str) -> str:
