@@ -104,7 +104,13 @@ def playbook(inventory: Path, *playbooks: str, env: dict[str, str] | None = None
             recap[match[1]] = {"ok": int(match[2]), "changed": int(match[3])}
     return {"wall_s": round(wall, 1), "changed": sum(h["changed"] for h in recap.values()),
             "tasks_ok": sum(h["ok"] for h in recap.values()), "hosts": len(recap),
+            "task_rounds": task_rounds(result.stdout),
             "slowest_tasks": slowest_tasks(result.stdout)}
+
+
+def task_rounds(output: str) -> int:
+    """Task and handler banners: each is one round that every host of its play waits on."""
+    return len(re.findall(r"^(?:TASK|RUNNING HANDLER) \[", output, flags=re.MULTILINE))
 
 
 def slowest_tasks(output: str, count: int = 5) -> list[dict]:
