@@ -8,8 +8,10 @@ import stat
 import uuid
 
 import pytest
+import yaml
 from conftest import (
     ANSIBLE_LOG,
+    REPO,
     SECRETS,
     _quote,
     api_call,
@@ -76,7 +78,11 @@ def test_each_app_host_has_its_own_web_service_token(clients, servers):
     assert len(set(secrets.values())) == len(apps) >= 2
     assert secrets == {name: token_secret(f"python-web-service-{name}") for name in secrets}
     names = {t.get("Description", "") for t in consul_api(servers[0], "acl/tokens")}
-    assert {f"The web service's registration on {name}" for name in secrets} <= names
+    # Described as the role's contract describes it, with the host's name.
+    contract = yaml.safe_load((REPO / "roles/python_web_service/vars/main.yml").read_text(encoding="utf-8"))
+    description = next(t["description"] for t in contract["python_web_service_consul_acl"]["tokens"]
+                       if t["name"] == "python-web-service")
+    assert {f"{description} on {name}" for name in secrets} <= names
 
 
 def test_a_rerun_deletes_the_token_an_earlier_version_shared(servers):
