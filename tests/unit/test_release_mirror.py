@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import build_base_image
+import pytest
 import release_mirror
 import yaml
 
@@ -84,12 +85,30 @@ def role_defaults(role: str) -> dict:
     return yaml.load((REPO / f"roles/{role}/defaults/main.yml").read_text(), Loader=loader)
 
 
-def test_role_defaults_pin_the_mirrored_versions():
-    pins = {r.product: r.version for r in release_mirror.load_manifest()}
-    assert role_defaults("consul")["consul_version"] == pins["consul"]
-    assert role_defaults("consul_template")["consul_template_version"] == pins["consul-template"]
-    assert role_defaults("oauth2_proxy")["oauth2_proxy_version"] == pins["oauth2-proxy"]
-    assert role_defaults("lab_idp")["lab_idp_hydra_version"] == pins["hydra"]
+def test_the_mirror_builds_the_versions_the_roles_pin():
+    releases = {r.product: r for r in release_mirror.load_manifest()}
+    assert releases["consul"].version == role_defaults("consul")["consul_version"]
+    assert releases["consul-template"].version == role_defaults("consul_template")["consul_template_version"]
+    assert releases["oauth2-proxy"].version == role_defaults("oauth2_proxy")["oauth2_proxy_version"]
+    assert releases["hydra"].version == role_defaults("lab_idp")["lab_idp_hydra_version"]
+    # The build stamps the binary with the same version.
+    assert f"VERSION=v{releases['oauth2-proxy'].version}" in releases["oauth2-proxy"].ldflags
+    assert "{version}" not in releases["hydra"].ldflags
+
+
+def test_no_version_is_written_twice():
+    manifest = (REPO / "files/releases.yml").read_text(encoding="utf-8")
+    for release in release_mirror.load_manifest():
+        assert f'"{release.version}"' not in manifest and f" {release.version}\n" not in manifest
+
+
+def test_a_missing_pin_is_named(tmp_path):
+    manifest = tmp_path / "releases.yml"
+    manifest.write_text("consul:\n  version_from: roles/consul/defaults/main.yml:no_such_var\n"
+                        "  official_base: x\n  layout: hashicorp\n  go_module: m\n  go_package: p\n"
+                        "  binary: consul\n  ldflags: ''\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="no_such_var"):
+        release_mirror.load_manifest(manifest)
 
 
 def test_web_service_role_installs_the_packaged_version():

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fill a local release mirror with the pinned binaries of files/releases.yml.
+"""Fill a local release mirror with the binaries of files/releases.yml, at the
+versions the roles pin (their defaults).
 
 The mirror is laid out exactly like the official download sites, so the roles
 use one download-and-verify path and only the base URL differs. The file
@@ -90,10 +91,31 @@ class Release:
         return f"{self.official_base}/{self._name('dir')}"
 
 
+class _DefaultsLoader(yaml.SafeLoader):
+    """Reads role defaults, where Ansible's !unsafe strings are plain strings."""
+
+
+_DefaultsLoader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
+
+
+def pinned_version(reference: str) -> str:
+    """The version a role pins: `roles/<role>/defaults/main.yml:<variable>`."""
+    file, _, variable = reference.partition(":")
+    defaults = yaml.load((REPO / file).read_text(encoding="utf-8"), Loader=_DefaultsLoader)
+    if variable not in (defaults or {}):
+        raise SystemExit(f"release_mirror: {file} has no {variable} (files/releases.yml version_from)")
+    return str(defaults[variable])
+
+
 def load_manifest(path: Path = MANIFEST) -> list[Release]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return [Release(product=name, **{k: str(v) for k, v in spec.items()})
-            for name, spec in data.items()]
+    """Every release of the manifest, its version read from the role that pins it."""
+    releases = []
+    for name, spec in yaml.safe_load(path.read_text(encoding="utf-8")).items():
+        fields = {k: str(v) for k, v in spec.items() if k != "version_from"}
+        version = pinned_version(spec["version_from"])
+        fields["ldflags"] = fields.get("ldflags", "").replace("{version}", version)
+        releases.append(Release(product=name, version=version, **fields))
+    return releases
 
 
 def sha256(path: Path) -> str:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import testinfra
-import yaml
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
@@ -24,7 +23,6 @@ CACHE = Path(os.environ["CONSUL_PLATFORM_CACHE"])
 SECRETS = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
 ANSIBLE_LOG = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.log"
 REPO = Path(__file__).resolve().parents[3]
-RELEASES = REPO / "files" / "releases.yml"
 
 
 def group(name: str) -> list[str]:
@@ -48,7 +46,10 @@ def clients():
 @pytest.fixture(scope="session")
 def consul_version() -> str:
     # The pinned release; a unit test keeps the role default equal to it.
-    return yaml.safe_load(RELEASES.read_text(encoding="utf-8"))["consul"]["version"]
+    # The consul role pins it (files/releases.yml names the role's variable).
+    defaults = (REPO / "roles" / "consul" / "defaults" / "main.yml").read_text(encoding="utf-8")
+    return next(line.split(":", 1)[1].strip().strip('"') for line in defaults.splitlines()
+                if line.startswith("consul_version:"))
 
 
 @pytest.fixture(scope="session")
