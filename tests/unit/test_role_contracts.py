@@ -130,3 +130,35 @@ def test_role_readmes_state_the_inputs_their_argument_specs_take():
             f"{role.name}/README.md: the contract table is out of step with meta/argument_specs.yml; "
             "run python tools/checks/role_docs.py")
         assert "| output |" in readme, f"{role.name}/README.md names no output"
+
+
+def test_only_tokens_that_consul_does_not_hold_as_declared_are_written(tmp_path):
+    namespace = "6f4b6c1e-2f0d-4b8e-9a55-6c1b2f1d9c10"
+    (tmp_path / "consul_tokens").mkdir()
+    api = acl.consul_acl_api_tokens([{"name": "ui", "description": "UI", "policies": ["ui"]}], ["s-1"], "dc1")
+    for token in api:
+        (tmp_path / "consul_tokens" / token["secret"]).write_text(f"secret-of-{token['secret']}\n")
+
+    def held(token):
+        import uuid
+        entry = {"AccessorID": str(uuid.uuid5(uuid.UUID(namespace), token["key"])),
+                 "SecretID": f"secret-of-{token['secret']}", "Description": token["description"],
+                 "Policies": [{"ID": "x", "Name": p} for p in token.get("policies", [])]}
+        if "node_identities" in token:
+            entry["NodeIdentities"] = [{"NodeName": n["node_name"], "Datacenter": n["datacenter"]}
+                                       for n in token["node_identities"]]
+        return entry
+
+    current = [held(t) for t in api]
+    assert acl.consul_acl_tokens_to_write(api, current, str(tmp_path), namespace) == []
+    assert acl.consul_acl_tokens_to_write(api, [], str(tmp_path), namespace) == api
+    for field, value in (("SecretID", "another"), ("Description", "changed"),
+                         ("Policies", [{"Name": "other"}])):
+        changed = [dict(entry) for entry in current]
+        changed[-1][field] = value
+        assert [t["key"] for t in acl.consul_acl_tokens_to_write(api, changed, str(tmp_path), namespace)] == [
+            "dc1/token/ui"], field
+    moved = [dict(entry) for entry in current]
+    moved[0]["NodeIdentities"] = [{"NodeName": "s-1", "Datacenter": "dc2"}]
+    assert [t["key"] for t in acl.consul_acl_tokens_to_write(api, moved, str(tmp_path), namespace)] == [
+        "dc1/agent/s-1"]

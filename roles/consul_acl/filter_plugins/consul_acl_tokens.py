@@ -9,6 +9,8 @@ token file goes to which host of the play.
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
@@ -105,6 +107,32 @@ def consul_acl_api_tokens(tokens: list[dict[str, Any]], nodes: list[str], datace
     return api
 
 
+def consul_acl_tokens_to_write(api_tokens: list[dict[str, Any]], current: list[dict[str, Any]],
+                               secrets_dir: str, namespace: str) -> list[dict[str, Any]]:
+    """The entries of api_tokens that Consul does not hold as declared.
+
+    current is Consul's token list (read with the management token, so it
+    carries SecretIDs). A token is written when it is missing, or its
+    SecretID, description, policies or node identities differ: a re-run
+    that changes nothing calls the token module for none of them."""
+    by_accessor = {t.get("AccessorID"): t for t in current or []}
+    stale = []
+    for token in api_tokens:
+        accessor = str(uuid.uuid5(uuid.UUID(namespace), token["key"]))
+        have = by_accessor.get(accessor)
+        secret = (Path(secrets_dir) / "consul_tokens" / token["secret"]).read_text(encoding="utf-8").strip()
+        wanted_nodes = sorted((n["node_name"], n["datacenter"]) for n in token.get("node_identities", []))
+        if have is None:
+            stale.append(token)
+            continue
+        policies = sorted(p.get("Name") for p in have.get("Policies") or [])
+        nodes = sorted((n.get("NodeName"), n.get("Datacenter")) for n in have.get("NodeIdentities") or [])
+        if (have.get("SecretID") != secret or have.get("Description", "") != token["description"]
+                or policies != sorted(token.get("policies", [])) or nodes != wanted_nodes):
+            stale.append(token)
+    return stale
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -112,4 +140,5 @@ class FilterModule:
             "consul_acl_expand_tokens": consul_acl_expand_tokens,
             "consul_acl_file_deliveries": consul_acl_file_deliveries,
             "consul_acl_api_tokens": consul_acl_api_tokens,
+            "consul_acl_tokens_to_write": consul_acl_tokens_to_write,
         }
