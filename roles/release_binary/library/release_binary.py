@@ -108,43 +108,43 @@ def fetch(url: str, validate_certs: bool) -> bytes:
         return response.read()
 
 
-def download(url: str, dest: str, validate_certs: bool) -> None:
-    """Stream url into a temporary file next to dest, then rename it."""
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".download-")
+def write_atomically(dest: str, mode: int, fill) -> None:
+    """Call fill(file) on a temporary file next to dest, then rename it to dest."""
+    os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".release-binary-")
     try:
-        with os.fdopen(handle, "wb") as out, \
-                open_url(url, validate_certs=validate_certs, timeout=60) as response:
-            shutil.copyfileobj(response, out, CHUNK)
-        os.chmod(tmp, 0o644)
+        with os.fdopen(handle, "wb") as out:
+            fill(out)
+        os.chmod(tmp, mode)
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def download(url: str, dest: str, validate_certs: bool) -> None:
+    def fill(out):
+        with open_url(url, validate_certs=validate_certs, timeout=60) as response:
+            shutil.copyfileobj(response, out, CHUNK)
+
+    write_atomically(dest, 0o644, fill)
 
 
 def extract_member(archive: str, member: str, dest: str) -> None:
-    """Write one member of a zip or tar.gz archive to dest, atomically, mode 0755."""
-    os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".unpack-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            if archive.endswith(".zip"):
-                with zipfile.ZipFile(archive) as bundle, bundle.open(member) as source:
-                    shutil.copyfileobj(source, out, CHUNK)
-            else:
-                with tarfile.open(archive, "r:*") as bundle:
-                    info = bundle.getmember(member)
-                    if not info.isfile():
-                        raise ValueError(f"{member} in {archive} is not a regular file")
-                    source = bundle.extractfile(info)
-                    shutil.copyfileobj(source, out, CHUNK)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write one member of a zip or tar.gz archive to dest, mode 0755."""
+    def fill(out):
+        if archive.endswith(".zip"):
+            with zipfile.ZipFile(archive) as bundle, bundle.open(member) as source:
+                shutil.copyfileobj(source, out, CHUNK)
+            return
+        with tarfile.open(archive, "r:*") as bundle:
+            info = bundle.getmember(member)
+            if not info.isfile():
+                raise ValueError(f"{member} in {archive} is not a regular file")
+            shutil.copyfileobj(bundle.extractfile(info), out, CHUNK)
+
+    write_atomically(dest, 0o755, fill)
 
 
 def point_link(link: str, target: str) -> None:
