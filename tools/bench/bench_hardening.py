@@ -3,7 +3,7 @@
 
 Runs `systemd-analyze security` for each unit on each lab host that runs it
 (0 is best, 10 worst; "the most-used public Consul role's unit scores 9.3").
-Units we ship (nginx and dnsmasq: Debian's units with our sandbox drop-ins)
+Units we ship (nginx: Debian's unit with our sandbox drop-in; dnsmasq: our own unit)
 have a target of 3.0 or lower. Writes docs/bench/hardening.json and .png.
 """
 

@@ -9,6 +9,7 @@ written down here, and the result is cached by tag: a second run is a no-op.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -72,9 +73,21 @@ def _uris(text: str, deb822: bool) -> list[str]:
     return uris
 
 
-def image_exists(tag: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", tag],
-                          check=False, capture_output=True).returncode == 0
+RECIPE_LABEL = "org.consul-platform.recipe"
+
+
+def recipe_digest() -> str:
+    """This file's digest: an image built by another version of it is rebuilt."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def image_recipe(tag: str) -> str | None:
+    """The recipe label of the image with this tag; None when there is no such image."""
+    result = subprocess.run(
+        ["docker", "image", "inspect", "--format",
+         f'{{{{index .Config.Labels "{RECIPE_LABEL}"}}}}', tag],
+        check=False, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def install_debootstrap() -> None:
@@ -96,6 +109,11 @@ def build(tag: str, mirror: str) -> None:
             ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
              SUITE, str(rootfs), mirror],
             check=True, stdout=subprocess.DEVNULL)
+        # apt's binary caches, as on any host that has run apt: without them
+        # every container builds its own (~0.5 s of CPU and 70 MB written
+        # on the first package install).
+        subprocess.run(["chroot", str(rootfs), "apt-cache", "gencaches"], check=True,
+                       stdout=subprocess.DEVNULL)
         # Containers need no getty, and a fresh machine-id per container.
         (rootfs / "etc/machine-id").write_text("")
         for unit in ("getty@tty1.service", "console-getty.service"):
@@ -105,6 +123,7 @@ def build(tag: str, mirror: str) -> None:
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."],
                                stdout=subprocess.PIPE)
         subprocess.run(["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]',
+                        "-c", f"LABEL {RECIPE_LABEL}={recipe_digest()}",
                         "-", tag], stdin=tar.stdout, check=True,
                        stdout=subprocess.DEVNULL)
         if tar.wait() != 0:
@@ -117,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mirror", help="Debian mirror (default: from apt sources)")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
-    if image_exists(args.tag) and not args.force:
+    found = image_recipe(args.tag)
+    if found == recipe_digest() and not args.force:
         print(f"base image {args.tag}: cached")
         return 0
+    if found is not None:
+        print(f"base image {args.tag}: built by another recipe ({found or 'unlabelled'}), rebuilding")
     mirror = args.mirror or apt_mirror()
     print(f"base image {args.tag}: debootstrap {SUITE} from {mirror} ...", flush=True)
     build(args.tag, mirror)
