@@ -61,7 +61,7 @@ lab: image mirror wheelhouse ## Set up everything, bring up the lab, run site.ym
 	@$(MAKE) --no-print-directory lab-status
 
 .PHONY: bench
-bench: bench-converge bench-scale bench-propagation bench-edge bench-failover bench-hardening bench-idp-login ## Every benchmark, then docs/bench/REPORT.md (takes ~35 min)
+bench: bench-converge bench-scale bench-propagation bench-edge bench-failover bench-handover bench-hardening bench-idp-login ## Every benchmark, then docs/bench/REPORT.md (takes ~35 min)
 	$(BIN)/python tools/bench/bench_report.py
 
 .PHONY: bench-converge
@@ -83,6 +83,10 @@ bench-propagation: lab ## KV change -> served, ours (reload) vs the seed's (rest
 .PHONY: bench-failover
 bench-failover: lab ## kill -9 the leader 20 times under KV writes (docs/bench/failover.*)
 	$(BIN)/python tools/bench/bench_failover.py
+
+.PHONY: bench-handover
+bench-handover: lab ## Planned restarts of the leader under KV writes, with and without the hand-over (docs/bench/handover.*)
+	$(BIN)/python tools/bench/bench_handover.py
 
 .PHONY: bench-hardening
 bench-hardening: lab ## systemd-analyze security of every unit on the lab (docs/bench/hardening.*)

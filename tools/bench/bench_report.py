@@ -205,6 +205,28 @@ def failover_section(data: dict | None, summary: list) -> list[str]:
     return [*out, "![failover](failover.png)", ""]
 
 
+def handover_section(data: dict | None, summary: list) -> list[str]:
+    out = ["## 4b. Planned restarts of the leader under KV writes", ""]
+    if not data:
+        return out + missing("handover", "bench-handover")
+    s = data["summary"]
+    out += [data["setup"] + ". Unavailability: the longest time without an acknowledged "
+            "write, from the restart until autopilot is healthy again.", ""]
+    out += table(["way", "rounds", "p50", "p99", "max", "failed writes", "leader moved"],
+                 [[way, s[way]["rounds"], f"{s[way]['p50_s']} s", f"{s[way]['p99_s']} s",
+                   f"{s[way]['max_s']} s", s[way]["failed_writes"],
+                   f"{s[way]['leader_moved']} of {s[way]['rounds']}"]
+                  for way in ("handover", "plain")])
+    out += ["", f"{s['writes']} writes; {s['acked_writes_lost']} acknowledged writes lost.", ""]
+    summary.append(["Planned leader restart (hand-over): writes unavailable, p50 / p99",
+                    f"{s['handover']['p50_s']} s / {s['handover']['p99_s']} s "
+                    f"(without: {s['plain']['p99_s']} s p99)",
+                    f"p99 < {s['target_p99_s']} s",
+                    verdict(s["handover"]["p99_s"] < s["target_p99_s"]
+                            and s["acked_writes_lost"] == 0)])
+    return [*out, "![handover](handover.png)", ""]
+
+
 def hardening_section(data: dict | None, summary: list) -> list[str]:
     out = ["## 6. Hardening (`systemd-analyze security`)", ""]
     if not data:
@@ -251,13 +273,15 @@ def idp_login_section(data: dict | None, summary: list) -> list[str]:
 
 
 def main() -> int:
-    reports = {n: load(n) for n in ("converge", "propagation", "edge", "failover", "scale",
+    reports = {n: load(n) for n in ("converge", "propagation", "edge", "failover", "handover",
+                                    "scale",
                                     "hardening", "chaos", "idp_login")}
     summary: list[list[object]] = []
     sections = (converge_section(reports["converge"], summary)
                 + propagation_section(reports["propagation"], summary)
                 + edge_section(reports["edge"], summary)
                 + failover_section(reports["failover"], summary)
+                + handover_section(reports["handover"], summary)
                 + scale_section(reports["scale"], summary)
                 + hardening_section(reports["hardening"], summary)
                 + idp_login_section(reports["idp_login"], summary)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from conftest import SECRETS, consul_api, group, run_playbook
+from conftest import SECRETS, autopilot_healthy, consul_api, group, run_playbook, wait_for
 
 
 def main_pid(host) -> str:
@@ -48,5 +48,5 @@ def test_certificate_reissue_reloads_without_restart(servers):
         assert on_host.sha256sum != before[name]
         assert on_host.content_string == (SECRETS / "tls" / f"{name}.pem").read_text()
         assert main_pid(server) == pids[name]  # reloaded, not restarted
-    health = consul_api(servers[0], "operator/autopilot/health")
-    assert health["Healthy"] and len(health["Servers"]) == 3
+    wait_for(lambda: all(autopilot_healthy(s) for s in servers), 60,
+             "a healthy raft of three after the reload, seen from every server")
