@@ -61,7 +61,7 @@ lab: image mirror wheelhouse ## Set up everything, bring up the lab, run site.ym
 	@$(MAKE) --no-print-directory lab-status
 
 .PHONY: bench
-bench: bench-converge bench-scale bench-propagation bench-edge bench-failover bench-handover bench-hardening bench-idp-login ## Every benchmark, then docs/bench/REPORT.md (takes ~35 min)
+bench: bench-converge bench-scale bench-propagation bench-edge bench-failover bench-handover bench-hardening bench-idp-login ## Every benchmark, then docs/bench/REPORT.md (takes ~50 min)
 	$(BIN)/python tools/bench/bench_report.py
 
 .PHONY: bench-converge
