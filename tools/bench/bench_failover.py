@@ -27,6 +27,7 @@ from benchlib import (
     leader,
     percentile,
     recovery_after,
+    round_bars,
     wait_for,
     write_report,
 )
@@ -57,21 +58,10 @@ def kill_rounds(count: int, settle_s: float = 2.0) -> tuple[list[dict], dict]:
 
 
 def plot(recoveries: list[float], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    ax.bar(range(1, len(recoveries) + 1), recoveries, color="tab:blue")
-    ax.axhline(2.0, color="tab:red", linestyle="--", linewidth=1, label="target: p99 under 2 s")
-    ax.set_xticks(range(1, len(recoveries) + 1))
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_xlabel("round (kill -9 of the leader's consul)")
-    ax.set_ylabel("kill -> first acknowledged write (s)")
-    ax.set_title("Leader failover under KV writes, raft_multiplier = 1")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    round_bars(path, [("kill -> first acknowledged write", recoveries, "tab:blue")], 2.0,
+               "target: p99 under 2 s", "round (kill -9 of the leader's consul)",
+               "kill -> first acknowledged write (s)",
+               "Leader failover under KV writes, raft_multiplier = 1")
 
 
 def main(argv: list[str] | None = None) -> int:

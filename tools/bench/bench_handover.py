@@ -38,6 +38,7 @@ from benchlib import (
     cluster_healthy,
     leader,
     percentile,
+    round_bars,
     run,
     wait_for,
     write_report,
@@ -85,24 +86,12 @@ def rounds_of(way: str, count: int, settle_s: float = 2.0) -> list[dict]:
 
 
 def plot(data: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    for offset, (way, color) in enumerate((("handover", "tab:blue"), ("plain", "tab:gray"))):
-        values = [r["unavailable_s"] for r in data["rounds"] if r["way"] == way]
-        ax.bar([i + 0.4 * offset for i in range(1, len(values) + 1)], values, width=0.4,
-               color=color, label=way)
-    ax.axhline(TARGET_P99_S, color="tab:red", linestyle="--", linewidth=1,
-               label=f"target: p99 under {TARGET_P99_S} s (handover)")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_xlabel("round (planned restart of the leader's consul)")
-    ax.set_ylabel("longest time without an acknowledged write (s)")
-    ax.set_title("Planned leader restarts under KV writes")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    round_bars(path, [(way, [r["unavailable_s"] for r in data["rounds"] if r["way"] == way],
+                       colour) for way, colour in (("handover", "tab:blue"), ("plain", "tab:gray"))],
+               TARGET_P99_S, f"target: p99 under {TARGET_P99_S} s (handover)",
+               "round (planned restart of the leader's consul)",
+               "longest time without an acknowledged write (s)",
+               "Planned leader restarts under KV writes")
 
 
 def main(argv: list[str] | None = None) -> int:

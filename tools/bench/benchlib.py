@@ -225,3 +225,27 @@ def recovery_after(writes: list[dict], kill_at: float) -> dict:
     return {"recovery_s": round(first["end"] - kill_at, 3) if first else None,
             "failed_writes": sum(not w["acked"] for w in window),
             "slowest_write_s": round(max((w["end"] - w["start"] for w in window), default=0), 3)}
+
+
+def round_bars(path: Path, series: list[tuple[str, list[float], str]], target: float,
+               target_label: str, xlabel: str, ylabel: str, title: str) -> None:
+    """One bar per round for each (label, values, colour) side by side, and
+    the target as a dashed line (the failover and hand-over benchmarks)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = 0.8 / len(series)
+    for offset, (label, values, colour) in enumerate(series):
+        ax.bar([i + width * offset for i in range(1, len(values) + 1)], values, width=width,
+               color=colour, label=label)
+    ax.axhline(target, color="tab:red", linestyle="--", linewidth=1, label=target_label)
+    ax.set_xticks(range(1, max(len(values) for _, values, _ in series) + 1))
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
