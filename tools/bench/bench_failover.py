@@ -28,6 +28,7 @@ from benchlib import (
     percentile,
     recovery_after,
     round_bars,
+    settled_leader,
     wait_for,
     write_report,
 )
@@ -37,12 +38,7 @@ def kill_rounds(count: int, settle_s: float = 2.0) -> tuple[list[dict], dict]:
     rounds = []
     with LedgerProbe() as probe:
         for number in range(1, count + 1):
-            if wait_for(cluster_healthy, timeout=120, interval=0.5) is None:
-                raise SystemExit(f"round {number}: the cluster did not become healthy in 120 s")
-            time.sleep(settle_s)
-            victim = leader()
-            if victim is None:
-                raise SystemExit(f"round {number}: no leader")
+            victim = settled_leader(f"round {number}", settle_s)
             kill_at = kill_consul(victim)
             survivors = [s for s in SERVERS if s != victim]
             new_leader_s = wait_for(lambda s=survivors, v=victim: leader(s) not in (None, v),

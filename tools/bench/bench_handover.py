@@ -40,6 +40,7 @@ from benchlib import (
     percentile,
     round_bars,
     run,
+    settled_leader,
     wait_for,
     write_report,
 )
@@ -67,12 +68,7 @@ def restart_leader(way: str, victim: str) -> None:
 def rounds_of(way: str, count: int, settle_s: float = 2.0) -> list[dict]:
     rounds = []
     for number in range(1, count + 1):
-        if wait_for(cluster_healthy, timeout=120, interval=0.5) is None:
-            raise SystemExit(f"{way} round {number}: the cluster did not become healthy in 120 s")
-        time.sleep(settle_s)
-        victim = leader()
-        if victim is None:
-            raise SystemExit(f"{way} round {number}: no leader")
+        victim = settled_leader(f"{way} round {number}", settle_s)
         start = time.time()
         restart_leader(way, victim)
         restarted = time.time()

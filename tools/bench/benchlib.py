@@ -183,6 +183,18 @@ def cluster_healthy(servers: list[str] = SERVERS) -> bool:
     return True
 
 
+def settled_leader(what: str, settle_s: float = 2.0) -> str:
+    """The leader, once autopilot calls every server healthy and settle_s
+    more has passed (the start of a failover or hand-over round)."""
+    if wait_for(cluster_healthy, timeout=120, interval=0.5) is None:
+        raise SystemExit(f"{what}: the cluster did not become healthy in 120 s")
+    time.sleep(settle_s)
+    victim = leader()
+    if victim is None:
+        raise SystemExit(f"{what}: no leader")
+    return victim
+
+
 def kill_consul(container: str) -> float:
     """SIGKILL the agent (systemd restarts it); the wall time just after the kill."""
     out = run("docker", "exec", container, "sh", "-c",
