@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import ssl
 import sys
 import threading
@@ -30,6 +31,7 @@ from conftest import (
     get_host,
     group,
     record_figures,
+    run_playbook,
     secret,
     token_secret,
 )
@@ -604,3 +606,47 @@ def test_with_the_idp_stopped_sign_in_shows_a_clear_error_and_root_serves(idp, b
     wait_for(lambda: client.get(f"{base_url}/ui/", allow_redirects=False).status_code == 302
              and client.get(f"{base_url}/oauth2/start?rd=/ui/", allow_redirects=False)
              .status_code == 302, 60, "sign-in works again")
+
+
+def raft_leader_name(server) -> str:
+    address = consul_api(server, "status/leader").rsplit(":", 1)[0]
+    return next(m["Name"] for m in consul_api(server, "agent/members") if m["Addr"] == address)
+
+
+def restarts_in(output: str) -> list[tuple[str, str]]:
+    """(step, host) of every hand-over and restart that changed something,
+    in order (tasks that a handler includes show as RUNNING HANDLER)."""
+    steps = []
+    for block in re.split(r"^(?:TASK|RUNNING HANDLER) \[", output, flags=re.MULTILINE)[1:]:
+        title, _, body = block.partition("]")
+        step = re.fullmatch(r"consul : (Hand raft leadership over before restarting|"
+                            r"Restart Consul on) (\S+)", title)
+        if step and re.search(r"^changed: \[", body, flags=re.MULTILINE):
+            steps.append((step[1], step[2]))
+    return steps
+
+
+def test_a_setting_that_needs_a_restart_rolls_through_the_servers_leader_last(base_url):
+    """site.yml with a changed server setting on the running cluster: one
+    server at a time, the raft leader last after handing leadership over,
+    and `/` through the edge fails no request. The setting is put back the
+    same way."""
+    servers = [get_host(name) for name in group("consul_servers")]
+    leader = raft_leader_name(servers[0])
+    runs = []
+    with Load(f"{base_url}/") as load:
+        try:
+            runs.append(run_playbook("site.yml", "--tags", "consul",
+                                     "-e", "consul_raft_multiplier=2"))
+        finally:
+            runs.append(run_playbook("site.yml", "--tags", "consul"))
+    for result in runs:
+        assert result.returncode == 0, result.stdout[-3000:]
+    changed = restarts_in(runs[0].stdout)
+    restarted = [host for task, host in changed if task == "Restart Consul on"]
+    assert sorted(restarted) == sorted(group("consul_servers")), changed
+    assert restarted[-1] == leader, f"the leader {leader} was not last: {restarted}"
+    assert [host for task, host in changed if task.startswith("Hand")] == [leader], changed
+    assert load.ok > 0 and load.failed == [], load.failed[:5]
+    record_figures("restart-needing setting rolled through the servers", requests=load.ok,
+                   failed=len(load.failed), retried=load.retries)
