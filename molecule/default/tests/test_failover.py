@@ -77,7 +77,10 @@ def test_planned_restart_of_the_leader_hands_leadership_over_first(servers):
             except Exception as err:  # a failed write is what this test looks for
                 failed.append(f"{number}: {err}")
                 continue
-            (written if ok is True else failed).append(number)
+            if ok is True:
+                written.append(number)
+            else:
+                failed.append(f"{number}: answered {ok!r}")
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
