@@ -3,11 +3,16 @@ and throwaway inventories."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -72,3 +77,39 @@ def ansible_playbook(*args: str) -> subprocess.CompletedProcess:
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_STDOUT_CALLBACK": "default"}
     return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), *args],
                           check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dev_agent_running(consul_bin: Path, folder: Path, config: dict | None = None):
+    """A real Consul dev agent on loopback ports of its own, with `config`
+    (agent JSON) on top; yields its HTTP URL once it has elected itself."""
+    http = free_port()
+    ports = {"http": http, "dns": -1, "grpc": -1, "grpc_tls": -1,
+             "serf_lan": free_port(), "serf_wan": free_port(), "server": free_port()}
+    config_file = folder / "agent.json"
+    config_file.write_text(json.dumps({"ports": ports, **(config or {})}))
+    agent = subprocess.Popen([str(consul_bin), "agent", "-dev", "-bind=127.0.0.1",
+                              "-client=127.0.0.1", f"-config-file={config_file}", "-log-level=error"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{http}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/v1/status/leader", timeout=1) as answer:
+                    if json.load(answer):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the dev agent did not elect itself"
+            time.sleep(0.2)
+        yield url
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import dev_agent_running
 
 REPO = Path(__file__).resolve().parents[2]
 WRITER = REPO / "roles/edge_nginx/files/consul_edge_upstreams.py"
@@ -143,37 +142,11 @@ def test_main_writes_only_on_change_and_reloads_only_then(tmp_path):
 
 # --- the real chain -------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dev_agent(consul_bin, tmp_path_factory):
     """A Consul dev agent on loopback ports of its own."""
-    http = free_port()
-    ports = {"http": http, "dns": -1, "grpc": -1, "grpc_tls": -1,
-             "serf_lan": free_port(), "serf_wan": free_port(), "server": free_port()}
-    config = tmp_path_factory.mktemp("dev-agent") / "ports.json"
-    config.write_text(json.dumps({"ports": ports}))
-    agent = subprocess.Popen([str(consul_bin), "agent", "-dev", "-bind=127.0.0.1",
-                              "-client=127.0.0.1", f"-config-file={config}", "-log-level=error"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{http}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/v1/status/leader", timeout=1) as answer:
-                if json.load(answer):
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the dev agent did not elect itself"
-        time.sleep(0.2)
-    yield url
-    agent.terminate()
-    agent.wait(timeout=10)
+    with dev_agent_running(consul_bin, tmp_path_factory.mktemp("dev-agent")) as url:
+        yield url
 
 
 def register(url: str, body: dict) -> int:

@@ -38,7 +38,24 @@ def stopped_in_preflight(result, expected: list[str]) -> str:
     ({"consul_version": "v1.21.0"}, ["consul_version", 'no leading "v"']),
     ({"consul_datacenter": "DC 1"}, ["consul_datacenter", "lower-case letters"]),
     ({"consul_install_method": "curl"}, ["consul_install_method", '"remote"', '"controller"']),
-], ids=["version-latest", "version-with-v", "datacenter", "install-method"])
+    # Each of these ends up in a systemd unit: a line break would add a directive.
+    ({"consul_snapshot_on_calendar": "hourly\nExecStartPre=/bin/sh -c id"},
+     ["consul_snapshot_on_calendar", "systemd-analyze calendar"]),
+    ({"consul_snapshot_on_calendar": ""}, ["consul_snapshot_on_calendar", "on one line"]),
+    ({"consul_snapshot_on_calendar": "hourly\n"}, ["consul_snapshot_on_calendar", "on one line"]),
+    ({"consul_snapshot_keep_daily": "7\n"}, ["consul_snapshot_keep_daily", "whole number"]),
+    ({"consul_snapshot_user": "consul-snapshot\n"}, ["consul_snapshot_user", "system user"]),
+    ({"consul_snapshot_keep_latest": 0}, ["consul_snapshot_keep_latest", "1 or more"]),
+    ({"consul_snapshot_keep_latest": "24 --any-server"}, ["consul_snapshot_keep_latest", "whole number"]),
+    ({"consul_snapshot_keep_daily": -1}, ["consul_snapshot_keep_daily", "whole number"]),
+    ({"consul_snapshot_state_dir_name": "../etc"}, ["consul_snapshot_state_dir_name", "no slash"]),
+    ({"consul_snapshot_state_dir_name": "snaps\nUser=root"}, ["consul_snapshot_state_dir_name", "no slash"]),
+    ({"consul_snapshot_user": "root\nGroup=root"}, ["consul_snapshot_user", "system user"]),
+], ids=["version-latest", "version-with-v", "datacenter", "install-method",
+        "snapshot-calendar-newline", "snapshot-calendar-empty", "snapshot-calendar-final-newline",
+        "snapshot-daily-final-newline", "snapshot-user-final-newline", "snapshot-keep-zero",
+        "snapshot-keep-with-flag", "snapshot-daily-negative", "snapshot-dir-dotdot",
+        "snapshot-dir-newline", "snapshot-user-newline"])
 def test_bad_variable_is_named_with_its_fix(tmp_path, host_vars, expected):
     stopped_in_preflight(run_site(tmp_path, host_vars=host_vars), expected)
 

@@ -1,6 +1,6 @@
 """Contracts between roles: consumers and consul_acl, READMEs and argument specs.
 
-The consumers (python_web_service, edge_nginx) state what they need from
+The consumers (python_web_service, edge_nginx, consul_snapshot) state what they need from
 Consul in their own vars; consul_acl collects what the playbook hands it and
 names no consumer itself. The filters are exercised directly, the contracts
 and the wiring are read from the repository's files.
@@ -93,7 +93,16 @@ def load_vars(role: str) -> dict:
     return yaml.safe_load((REPO / "roles" / role / "vars" / "main.yml").read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("role", ["python_web_service", "edge_nginx"])
+# Every role that states a contract with consul_acl (vars/main.yml: <role>_consul_acl).
+CONSUMER_ROLES = sorted(p.parent.parent.name for p in (REPO / "roles").glob("*/vars/main.yml")
+                   if f"\n{p.parent.parent.name}_consul_acl:" in p.read_text(encoding="utf-8"))
+
+
+def test_the_consumers_are_found():
+    assert {"python_web_service", "edge_nginx", "consul_snapshot"} <= set(CONSUMER_ROLES)
+
+
+@pytest.mark.parametrize("role", CONSUMER_ROLES)
 def test_consumer_roles_state_their_needs(role):
     contract = load_vars(role)[f"{role}_consul_acl"]
     assert contract["tokens"], role
@@ -103,12 +112,12 @@ def test_consumer_roles_state_their_needs(role):
 
 
 def test_consul_acl_names_no_consumer():
-    consumer_names = {t["name"] for role in ("python_web_service", "edge_nginx")
+    consumer_names = {t["name"] for role in CONSUMER_ROLES
                       for t in load_vars(role)[f"{role}_consul_acl"]["tokens"]}
     consul_acl_role = REPO / "roles" / "consul_acl"
     text = "\n".join(p.read_text(encoding="utf-8") for p in consul_acl_role.rglob("*")
                      if p.is_file() and p.suffix in {".yml", ".j2", ".md"})
-    for name in consumer_names | {"python-web-service", "app", "edge"}:
+    for name in consumer_names | {"python-web-service", "app", "edge", "consul-snapshot"}:
         assert f'"{name}"' not in text and f" {name}:" not in text and f"[{name}]" not in text, name
 
 

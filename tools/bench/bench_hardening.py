@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import BIN, LAB_INVENTORY, OUT, run, write_report
 
 OURS = {
-    "consul_servers": ["consul", "dnsmasq"],
+    "consul_servers": ["consul", "dnsmasq", "consul-snapshot"],
     "consul_clients": ["consul", "dnsmasq"],
     "app": ["consul-template", "python-web-service"],
     "edge": ["consul-template", "oauth2-proxy", "nginx"],
