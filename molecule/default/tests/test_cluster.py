@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
-from conftest import consul_api, dns_a_records, group
+from conftest import consul_api, dns_a_records, group, run_playbook
 
 
 def test_every_node_is_an_alive_member(servers):
@@ -35,3 +36,28 @@ def test_kv_written_on_one_node_is_read_on_another(servers, clients):
 def test_dns_answers_for_the_consul_service(clients):
     # one A record per server
     assert len(dns_a_records(clients[0], "consul.service.consul")) == 3
+
+
+def test_autopilot_settings_follow_the_inventory_without_a_restart(servers):
+    """A changed autopilot variable is written through the operator API by one
+    task on one server (the only change of the run, no agent restarted), and
+    putting it back is that one change again."""
+    def max_trailing_logs() -> int:
+        return consul_api(servers[0], "operator/autopilot/configuration")["MaxTrailingLogs"]
+
+    def changes(output: str) -> dict[str, int]:
+        recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.MULTILINE)
+        return {host: int(n) for host, n in recap}
+
+    pids = [s.check_output("systemctl show -P MainPID consul") for s in servers]
+    assert max_trailing_logs() == 250
+    try:
+        result = run_playbook("site.yml", "--tags", "consul", "-e", "consul_autopilot_max_trailing_logs=300")
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert max_trailing_logs() == 300
+        assert sorted(changes(result.stdout).values()) == [0] * (len(changes(result.stdout)) - 1) + [1]
+    finally:
+        back = run_playbook("site.yml", "--tags", "consul")
+    assert back.returncode == 0 and max_trailing_logs() == 250
+    assert sum(changes(back.stdout).values()) == 1, back.stdout[-2000:]
+    assert [s.check_output("systemctl show -P MainPID consul") for s in servers] == pids
