@@ -42,12 +42,18 @@ def test_rendered_config_is_valid(consul_bin, rendered, host):
 
 def test_server_gets_server_settings(rendered):
     files = sorted(p.name for p in (rendered / SERVERS[0]).iterdir())
-    assert files == ["acl.hcl", "consul.hcl", "gossip.hcl", "logging.hcl", "server.hcl", "tls"]
+    assert files == ["acl.hcl", "consul.hcl", "gossip.hcl", "join.hcl", "logging.hcl", "server.hcl", "tls"]
     server = (rendered / SERVERS[0] / "server.hcl").read_text()
-    assert "bootstrap_expect = 3" in server
     assert "raft_multiplier = 1" in server
+    # The server list lives in join.hcl alone, so growing or shrinking the
+    # servers changes no file that needs a restart.
+    join = (rendered / SERVERS[0] / "join.hcl").read_text()
+    assert "bootstrap_expect = 3" in join
+    assert '"unit-server-1", "unit-server-2", "unit-server-3"' in join
     common = (rendered / SERVERS[0] / "consul.hcl").read_text()
-    assert '"unit-server-1", "unit-server-2", "unit-server-3"' in common
+    for restart_file in ("consul.hcl", "server.hcl"):
+        text = (rendered / SERVERS[0] / restart_file).read_text()
+        assert "unit-server-2" not in text and "bootstrap_expect" not in text, restart_file
     assert 'client_addr = "127.0.0.1"' in common
     assert "verify_server_hostname = true" in common
     acl = (rendered / SERVERS[0] / "acl.hcl").read_text()
@@ -56,7 +62,8 @@ def test_server_gets_server_settings(rendered):
 
 def test_client_gets_client_settings(rendered):
     files = sorted(p.name for p in (rendered / CLIENTS[0]).iterdir())
-    assert files == ["acl.hcl", "client.hcl", "consul.hcl", "gossip.hcl", "logging.hcl", "tls"]
+    assert files == ["acl.hcl", "client.hcl", "consul.hcl", "gossip.hcl", "join.hcl", "logging.hcl", "tls"]
+    assert "bootstrap_expect" not in (rendered / CLIENTS[0] / "join.hcl").read_text()
     client = (rendered / CLIENTS[0] / "client.hcl").read_text()
     assert "server = false" in client
     assert "tls = true" in client  # auto_encrypt
