@@ -9,6 +9,7 @@ and the wiring are read from the repository's files.
 from __future__ import annotations
 
 import importlib.util
+import uuid
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,19 @@ def test_only_tokens_that_consul_does_not_hold_as_declared_are_written(tmp_path)
     moved[0]["NodeIdentities"] = [{"NodeName": "s-1", "Datacenter": "dc2"}]
     assert [t["key"] for t in acl.consul_acl_tokens_to_write(api, moved, str(tmp_path), namespace)] == [
         "dc1/agent/s-1"]
+
+
+def test_agent_tokens_of_nodes_that_left_the_inventory_are_stale_and_no_other():
+    namespace = "6f4b6c1e-2f0d-4b8e-9a55-6c1b2f1d9c10"
+
+    def agent(node: str, dc: str = "dc1", accessor: str | None = None) -> dict:
+        ours = str(uuid.uuid5(uuid.UUID(namespace), f"{dc}/agent/{node}"))
+        return {"AccessorID": accessor or ours, "NodeIdentities": [{"NodeName": node, "Datacenter": dc}]}
+
+    current = [agent("s-1"), agent("s-4"), agent("s-5"), agent("c-9"),
+               agent("s-6", accessor="11111111-1111-1111-1111-111111111111"),  # made by someone else
+               agent("s-7", dc="dc2"),                                            # another datacenter's
+               {"AccessorID": "22222222-2222-2222-2222-222222222222", "Policies": [{"Name": "x"}]}]
+    stale = acl.consul_acl_stale_agent_tokens(current, ["s-1", "s-2", "s-3"], "dc1", namespace)
+    assert stale == sorted(agent(n)["AccessorID"] for n in ("s-4", "s-5", "c-9"))
+    assert acl.consul_acl_stale_agent_tokens([], ["s-1"], "dc1", namespace) == []

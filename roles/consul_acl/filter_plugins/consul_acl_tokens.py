@@ -133,6 +133,23 @@ def consul_acl_tokens_to_write(api_tokens: list[dict[str, Any]], current: list[d
     return stale
 
 
+def consul_acl_stale_agent_tokens(current: list[dict[str, Any]], nodes: list[str], datacenter: str,
+                                  namespace: str) -> list[str]:
+    """Accessor IDs of the agent tokens this role made for nodes that are no
+    longer in the inventory (a retired server, a removed client). Only
+    tokens whose accessor ID is the one derived for their node identity are
+    ours; any other token is left alone."""
+    stale = []
+    for token in current or []:
+        for identity in token.get("NodeIdentities") or []:
+            node = identity.get("NodeName", "")
+            ours = str(uuid.uuid5(uuid.UUID(namespace), f"{datacenter}/agent/{node}"))
+            if token.get("AccessorID") == ours and identity.get("Datacenter") == datacenter \
+                    and node not in nodes:
+                stale.append(ours)
+    return sorted(set(stale))
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -141,4 +158,5 @@ class FilterModule:
             "consul_acl_file_deliveries": consul_acl_file_deliveries,
             "consul_acl_api_tokens": consul_acl_api_tokens,
             "consul_acl_tokens_to_write": consul_acl_tokens_to_write,
+            "consul_acl_stale_agent_tokens": consul_acl_stale_agent_tokens,
         }
