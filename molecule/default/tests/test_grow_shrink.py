@@ -1,0 +1,132 @@
+"""Growing the servers from three to five and back (issue 14, item 6).
+
+Two more containers like the scenario's own join `consul_servers` through an
+extra inventory file; site.yml makes them voters without a restart anywhere
+and without a change of leader. playbooks/retire_consul_servers.yml then
+takes them out one at a time; site.yml with the scenario's inventory deletes
+their agent tokens, and a second run changes nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import api_call, consul_api, run_playbook, wait_for
+
+SPARES = ["molecule-consul-server-4", "molecule-consul-server-5"]
+SCENARIO = Path(__file__).resolve().parents[1]
+
+
+def docker_run_args(name: str) -> list[str]:
+    """`docker run` for a spare, from the platform settings in molecule.yml."""
+    text = (SCENARIO / "molecule.yml").read_text(encoding="utf-8")
+    text = text.replace("${LAB_CGROUP_MOUNT:-ro}", os.environ.get("LAB_CGROUP_MOUNT", "ro"))
+    host = yaml.safe_load(text)["driver"]["systemd_host"]
+    args = ["docker", "run", "-d", "--name", name, "--hostname", name,
+            "--cgroupns", host["cgroupns_mode"], "--stop-signal", host["stop_signal"]]
+    args += [f"--label={k}={v}" for k, v in host["labels"].items()]
+    args += [f"--cap-add={c}" for c in host["capabilities"]]
+    args += [f"--security-opt={o}" for o in host["security_opts"]]
+    args += [f"--volume={v}" for v in host["volumes"]]
+    args += [f"--tmpfs={t}" for t in host["tmpfs"]]
+    args += [f"--env={k}={v}" for k, v in host["env"].items()]
+    args += [f"--network={n['name']}" for n in host["docker_networks"]]
+    return [*args, host["image"], host["command"]]
+
+
+@pytest.fixture(scope="module")
+def spares(tmp_path_factory):
+    """The two spare containers, booted, and an inventory file that adds them to consul_servers."""
+    subprocess.run(["docker", "rm", "-f", *SPARES], capture_output=True, check=False)
+    for name in SPARES:
+        subprocess.run(docker_run_args(name), check=True, capture_output=True, text=True)
+    for name in SPARES:
+        subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
+                       capture_output=True, check=False, timeout=120)
+    extra = tmp_path_factory.mktemp("grow") / "spares.yml"
+    extra.write_text(yaml.safe_dump({"consul_servers": {"hosts": {
+        name: {"ansible_connection": "community.docker.docker"} for name in SPARES}}}))
+    try:
+        yield extra
+    finally:
+        subprocess.run(["docker", "rm", "-f", *SPARES], capture_output=True, check=False)
+
+
+class LeaderWatch:
+    """Samples the raft leader as server-1 sees it, every 0.2 s, in a thread."""
+
+    def __init__(self, server):
+        self.server, self.seen, self._stop = server, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.seen.append(api_call(self.server, "status/leader", token=None)[1])
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def voters(server) -> list[str]:
+    raft = consul_api(server, "operator/raft/configuration")
+    return sorted(s["Node"] for s in raft["Servers"] if s["Voter"])
+
+
+def changes(output: str) -> dict[str, int]:
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.MULTILINE)
+    return {host: int(n) for host, n in recap}
+
+
+def main_pids(hosts) -> list[str]:
+    return [h.check_output("systemctl show -P MainPID consul") for h in hosts]
+
+
+def test_grow_to_five_servers_and_back_to_three(servers, clients, spares):
+    originals = sorted(s.backend.host for s in servers)
+    pids = main_pids(servers + clients)
+    with LeaderWatch(servers[0]) as grow_watch:
+        grown = run_playbook("site.yml", "-i", str(spares))
+        assert grown.returncode == 0, grown.stdout[-3000:]
+        wait_for(lambda: voters(servers[0]) == sorted(originals + SPARES), 90, "five voters")
+    assert len(set(grow_watch.seen)) == 1 and grow_watch.seen[0] not in ("", '""'), set(grow_watch.seen)
+    # join.hcl changed on every agent (reloaded); no agent restarted.
+    assert main_pids(servers + clients) == pids
+
+    with LeaderWatch(servers[0]) as shrink_watch:
+        retired = run_playbook("retire_consul_servers.yml", "-i", str(spares), "--limit", ",".join(SPARES))
+        assert retired.returncode == 0, retired.stdout[-3000:]
+    assert voters(servers[0]) == originals
+    assert set(shrink_watch.seen) == set(grow_watch.seen)
+    members = {m["Name"] for m in consul_api(servers[0], "agent/members")}
+    assert not members & set(SPARES), members
+
+    back = run_playbook("site.yml")
+    assert back.returncode == 0, back.stdout[-3000:]
+    tokens = consul_api(servers[0], "acl/tokens")
+    identities = {n["NodeName"] for t in tokens for n in t.get("NodeIdentities") or []}
+    assert not identities & set(SPARES) and set(originals) <= identities
+    again = run_playbook("site.yml")
+    assert again.returncode == 0 and changes(again.stdout) and not any(changes(again.stdout).values()), \
+        changes(again.stdout)
+    assert main_pids(servers + clients) == pids
+
+
+def test_retiring_every_server_or_an_even_count_is_refused(servers):
+    for limit in (",".join(s.backend.host for s in servers), servers[0].backend.host):
+        result = run_playbook("retire_consul_servers.yml", "--limit", limit)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and "leaving an odd number" in output, output[-2000:]
+        assert "Stop and disable Consul for good" not in output
+    assert len(voters(servers[0])) == 3
