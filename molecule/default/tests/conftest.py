@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
@@ -190,3 +191,34 @@ def autopilot_healthy(host) -> bool:
     threshold for a moment, so tests wait for it and never assert it once."""
     status, body = api_call(host, "operator/autopilot/health")
     return status == 200 and len(json.loads(body)["Servers"]) == 3
+
+
+def _docker_run_args(name: str) -> list[str]:
+    """`docker run` for a container like the scenario's own, from the
+    platform settings in molecule.yml."""
+    text = (REPO / "molecule" / "default" / "molecule.yml").read_text(encoding="utf-8")
+    text = text.replace("${LAB_CGROUP_MOUNT:-ro}", os.environ.get("LAB_CGROUP_MOUNT", "ro"))
+    host = yaml.safe_load(text)["driver"]["systemd_host"]
+    args = ["docker", "run", "-d", "--name", name, "--hostname", name,
+            "--cgroupns", host["cgroupns_mode"], "--stop-signal", host["stop_signal"]]
+    args += [f"--label={k}={v}" for k, v in host["labels"].items()]
+    args += [f"--cap-add={c}" for c in host["capabilities"]]
+    args += [f"--security-opt={o}" for o in host["security_opts"]]
+    args += [f"--volume={v}" for v in host["volumes"]]
+    args += [f"--tmpfs={t}" for t in host["tmpfs"]]
+    args += [f"--env={k}={v}" for k, v in host["env"].items()]
+    args += [f"--network={n['name']}" for n in host["docker_networks"]]
+    return [*args, host["image"], host["command"]]
+
+
+def start_scenario_containers(names: list[str]) -> None:
+    """Fresh containers like the scenario's (spares, or lost hosts rebuilt),
+    booted: whatever had these names is removed first."""
+    subprocess.run(["docker", "rm", "-f", *names], capture_output=True, check=False)
+    for key in [k for k in _HEADER_FILES if k[0] in names]:
+        del _HEADER_FILES[key]  # a new container has none of the old one's files
+    for name in names:
+        subprocess.run(_docker_run_args(name), check=True, capture_output=True, text=True)
+    for name in names:
+        subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
+                       capture_output=True, check=False, timeout=120)

@@ -8,47 +8,23 @@ their agent tokens, and a second run changes nothing."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import api_call, consul_api, run_playbook, wait_for
+from conftest import api_call, consul_api, run_playbook, start_scenario_containers, wait_for
 
 SPARES = ["molecule-consul-server-4", "molecule-consul-server-5"]
-SCENARIO = Path(__file__).resolve().parents[1]
-
-
-def docker_run_args(name: str) -> list[str]:
-    """`docker run` for a spare, from the platform settings in molecule.yml."""
-    text = (SCENARIO / "molecule.yml").read_text(encoding="utf-8")
-    text = text.replace("${LAB_CGROUP_MOUNT:-ro}", os.environ.get("LAB_CGROUP_MOUNT", "ro"))
-    host = yaml.safe_load(text)["driver"]["systemd_host"]
-    args = ["docker", "run", "-d", "--name", name, "--hostname", name,
-            "--cgroupns", host["cgroupns_mode"], "--stop-signal", host["stop_signal"]]
-    args += [f"--label={k}={v}" for k, v in host["labels"].items()]
-    args += [f"--cap-add={c}" for c in host["capabilities"]]
-    args += [f"--security-opt={o}" for o in host["security_opts"]]
-    args += [f"--volume={v}" for v in host["volumes"]]
-    args += [f"--tmpfs={t}" for t in host["tmpfs"]]
-    args += [f"--env={k}={v}" for k, v in host["env"].items()]
-    args += [f"--network={n['name']}" for n in host["docker_networks"]]
-    return [*args, host["image"], host["command"]]
 
 
 @pytest.fixture(scope="module")
 def spares(tmp_path_factory):
     """The two spare containers, booted, and an inventory file that adds them to consul_servers."""
     subprocess.run(["docker", "rm", "-f", *SPARES], capture_output=True, check=False)
-    for name in SPARES:
-        subprocess.run(docker_run_args(name), check=True, capture_output=True, text=True)
-    for name in SPARES:
-        subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
-                       capture_output=True, check=False, timeout=120)
+    start_scenario_containers(SPARES)
     extra = tmp_path_factory.mktemp("grow") / "spares.yml"
     extra.write_text(yaml.safe_dump({"consul_servers": {"hosts": {
         name: {"ansible_connection": "community.docker.docker"} for name in SPARES}}}))
