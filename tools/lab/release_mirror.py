@@ -107,15 +107,26 @@ def pinned_version(reference: str) -> str:
     return str(defaults[variable])
 
 
-def load_manifest(path: Path = MANIFEST) -> list[Release]:
-    """Every release of the manifest, its version read from the role that pins it."""
+def load_manifest(path: Path = MANIFEST, upgrade_from: bool = False) -> list[Release]:
+    """Every release of the manifest, its version read from the role that pins
+    it; with upgrade_from, the older releases kept for the upgrade drill too."""
     releases = []
     for name, spec in yaml.safe_load(path.read_text(encoding="utf-8")).items():
-        fields = {k: str(v) for k, v in spec.items() if k != "version_from"}
+        fields = {k: str(v) for k, v in spec.items() if k not in ("version_from", "upgrade_from")}
         version = pinned_version(spec["version_from"])
         fields["ldflags"] = fields.get("ldflags", "").replace("{version}", version)
         releases.append(Release(product=name, version=version, **fields))
+        for older in spec.get("upgrade_from", []) if upgrade_from else []:
+            releases.append(Release(product=name, **{**fields, "version": str(older["version"]),
+                                                     "ldflags": str(older.get("ldflags", ""))}))
     return releases
+
+
+def upgrade_from(product: str) -> list[str]:
+    """The older versions of `product` that the mirror holds for the upgrade drill."""
+    return [r.version for r in load_manifest(upgrade_from=True)
+            if r.product == product and r.version != pinned_version(
+                yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))[product]["version_from"])]
 
 
 def sha256(path: Path) -> str:
@@ -261,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="never try the official sites; build from source")
     parser.add_argument("products", nargs="*", help="only these products")
     args = parser.parse_args(argv)
-    releases = [r for r in load_manifest() if not args.products or r.product in args.products]
+    releases = [r for r in load_manifest(upgrade_from=True) if not args.products or r.product in args.products]
     for rel in releases:
         print(f"{rel.product} {rel.version}: ...", flush=True)
         state = ensure(rel, args.mirror, cache_root() / "build", args.offline)

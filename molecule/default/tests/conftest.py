@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -152,16 +153,16 @@ def dns_a_records(host, name: str) -> list[str]:
     return sorted(result.stdout.split())
 
 
-def run_playbook(name: str, *args: str) -> subprocess.CompletedProcess:
+def run_playbook(name: str, *args: str, inventory: str = INVENTORY) -> subprocess.CompletedProcess:
     """Run a playbook of the repository (`site.yml` or `playbooks/<name>`)
-    against molecule's own inventory, logging like the converge did."""
+    against molecule's own inventory (or another), logging like the converge did."""
     ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
     env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"),
            "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_LOG_PATH": str(ephemeral / "ansible.log"), "ANSIBLE_VERBOSITY": "1"}
     playbook = REPO / name if name == "site.yml" else REPO / "playbooks" / name
     return subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", INVENTORY, str(playbook), *args],
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", inventory, str(playbook), *args],
         check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -222,3 +223,16 @@ def start_scenario_containers(names: list[str]) -> None:
     for name in names:
         subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
                        capture_output=True, check=False, timeout=120)
+
+
+def restarts_in(output: str) -> list[tuple[str, str]]:
+    """(step, host) of every hand-over and restart that changed something,
+    in order (tasks that a handler includes show as RUNNING HANDLER)."""
+    steps = []
+    for block in re.split(r"^(?:TASK|RUNNING HANDLER) \[", output, flags=re.MULTILINE)[1:]:
+        title, _, body = block.partition("]")
+        step = re.fullmatch(r"consul : (Hand raft leadership over before restarting|"
+                            r"Restart Consul on) (\S+)", title)
+        if step and re.search(r"^changed: \[", body, flags=re.MULTILINE):
+            steps.append((step[1], step[2]))
+    return steps

@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import ssl
 import sys
 import threading
@@ -31,6 +30,7 @@ from conftest import (
     get_host,
     group,
     record_figures,
+    restarts_in,
     run_playbook,
     secret,
     token_secret,
@@ -355,6 +355,19 @@ def test_the_group_token_is_never_handed_to_a_browser(reader, admin, base_url):
             assert not any(token in body for token in tokens), path
 
 
+def reload_nginx(edge) -> None:
+    """Reload nginx and wait until every worker that ran the old config has
+    exited: until then an old worker still accepts new connections (the
+    master starts the new workers before it tells the old ones to stop), and
+    a request may be served with the old config."""
+    def workers() -> set[str]:
+        return set(edge.check_output("pgrep -f 'nginx: worker process' || true").split())
+
+    old = workers()
+    edge.check_output("systemctl reload nginx.service")
+    wait_for(lambda: not (workers() & old), 60, "every old nginx worker gone after the reload")
+
+
 def test_a_group_with_no_token_gets_403_from_nginx(reader, edge, base_url):
     """Fail closed: when the signed-in user's group maps to no token (here the
     readers' entry is blanked for the test), nginx answers 403 itself; the
@@ -365,7 +378,7 @@ def test_a_group_with_no_token_gets_403_from_nginx(reader, edge, base_url):
     edge.check_output(f"cp -p {tokens_conf} /root/tokens.conf.saved")
     try:
         edge.check_output(f"sed -i '/readers/ s/\" \"[^\"]*\";/\" \"\";/' {tokens_conf}")
-        edge.check_output("systemctl reload nginx.service")
+        reload_nginx(edge)
         wait_for(lambda: edge_request(base_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 403,
                  15, "nginx refuses the tokenless group")
         for path in (f"/v1/kv/{KV_KEY}?raw", "/v1/agent/self", "/ui/"):
@@ -376,7 +389,7 @@ def test_a_group_with_no_token_gets_403_from_nginx(reader, edge, base_url):
                  10, "the last three requests went to nginx's own 403")
     finally:
         edge.check_output(f"cp -p /root/tokens.conf.saved {tokens_conf}")
-        edge.check_output("systemctl reload nginx.service")
+        reload_nginx(edge)
     wait_for(lambda: edge_request(base_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 200,
              15, "the readers' token is back")
 
@@ -612,18 +625,6 @@ def raft_leader_name(server) -> str:
     address = consul_api(server, "status/leader").rsplit(":", 1)[0]
     return next(m["Name"] for m in consul_api(server, "agent/members") if m["Addr"] == address)
 
-
-def restarts_in(output: str) -> list[tuple[str, str]]:
-    """(step, host) of every hand-over and restart that changed something,
-    in order (tasks that a handler includes show as RUNNING HANDLER)."""
-    steps = []
-    for block in re.split(r"^(?:TASK|RUNNING HANDLER) \[", output, flags=re.MULTILINE)[1:]:
-        title, _, body = block.partition("]")
-        step = re.fullmatch(r"consul : (Hand raft leadership over before restarting|"
-                            r"Restart Consul on) (\S+)", title)
-        if step and re.search(r"^changed: \[", body, flags=re.MULTILINE):
-            steps.append((step[1], step[2]))
-    return steps
 
 
 def test_a_setting_that_needs_a_restart_rolls_through_the_servers_leader_last(base_url):
