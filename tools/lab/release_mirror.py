@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="never try the official sites; build from source")
     parser.add_argument("products", nargs="*", help="only these products")
     args = parser.parse_args(argv)
-    releases = [r for r in load_manifest(upgrade_from=True) if not args.products or r.product in args.products]
+    releases = [r for r in load_manifest(upgrade_from=True)
+                if not args.products or r.product in args.products]
     for rel in releases:
         print(f"{rel.product} {rel.version}: ...", flush=True)
         state = ensure(rel, args.mirror, cache_root() / "build", args.offline)

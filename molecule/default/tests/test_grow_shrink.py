@@ -1,10 +1,12 @@
 """Growing the servers from three to five and back (issue 14, item 6).
 
 Two more containers like the scenario's own join `consul_servers` through an
-extra inventory file; site.yml makes them voters without a restart anywhere
-and without a change of leader. playbooks/retire_consul_servers.yml then
-takes them out one at a time; site.yml with the scenario's inventory deletes
-their agent tokens, and a second run changes nothing."""
+extra inventory file; the Consul plays of site.yml (playbooks/consul.yml,
+which site.yml imports; its other plays touch no server) make them voters
+without a restart anywhere and without a change of leader.
+playbooks/retire_consul_servers.yml then takes them out one at a time; the
+same plays with the scenario's inventory delete their agent tokens, and a
+second run changes nothing."""
 
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ def test_grow_to_five_servers_and_back_to_three(servers, clients, spares):
     originals = sorted(s.backend.host for s in servers)
     pids = main_pids(servers + clients)
     with LeaderWatch(servers[0]) as grow_watch:
-        grown = run_playbook("site.yml", "-i", str(spares))
+        grown = run_playbook("consul.yml", "-i", str(spares))
         assert grown.returncode == 0, grown.stdout[-3000:]
         wait_for(lambda: voters(servers[0]) == sorted(originals + SPARES), 90, "five voters")
     assert len(set(grow_watch.seen)) == 1 and grow_watch.seen[0] not in ("", '""'), set(grow_watch.seen)
@@ -88,12 +90,12 @@ def test_grow_to_five_servers_and_back_to_three(servers, clients, spares):
     members = {m["Name"] for m in consul_api(servers[0], "agent/members")}
     assert not members & set(SPARES), members
 
-    back = run_playbook("site.yml")
+    back = run_playbook("consul.yml")
     assert back.returncode == 0, back.stdout[-3000:]
     tokens = consul_api(servers[0], "acl/tokens")
     identities = {n["NodeName"] for t in tokens for n in t.get("NodeIdentities") or []}
     assert not identities & set(SPARES) and set(originals) <= identities
-    again = run_playbook("site.yml")
+    again = run_playbook("consul.yml")
     assert again.returncode == 0 and changes(again.stdout) and not any(changes(again.stdout).values()), \
         changes(again.stdout)
     assert main_pids(servers + clients) == pids

@@ -1,8 +1,9 @@
 """Quorum lost for good (issue 14, item 5): two of the three server
 containers are destroyed. playbooks/recover_consul_quorum.yml makes the
 survivor a cluster of one with raft's peers.json, and it still holds the
-data; the lost hosts are rebuilt empty and site.yml brings the servers back
-to three, which serve the same data to every client."""
+data; the lost hosts are rebuilt empty and the Consul plays of site.yml
+(playbooks/consul.yml) bring the servers back to three, which serve the same
+data to every client."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_two_of_three_servers_lost_for_good(servers, clients):
         assert survivor.run("test -e /opt/consul/raft/peers.json").rc != 0, "raft did not read peers.json"
 
         start_scenario_containers(lost)
-        rebuilt = run_playbook("site.yml")
+        rebuilt = run_playbook("consul.yml")
         assert rebuilt.returncode == 0, rebuilt.stdout[-3000:]
         everyone = sorted(s.backend.host for s in servers)
         wait_for(lambda: voters(survivor) == everyone, 90, "three voters again")

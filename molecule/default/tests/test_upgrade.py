@@ -14,7 +14,7 @@ import time
 
 import pytest
 import yaml
-from conftest import CACHE, REPO, restarts_in, run_playbook, start_scenario_containers
+from conftest import CACHE, REPO, record_figures, restarts_in, run_playbook, start_scenario_containers
 
 sys.path.insert(0, str(REPO / "tools" / "lab"))
 import release_mirror
@@ -123,6 +123,9 @@ def test_upgrade_servers_then_clients_leader_last_with_writes_going_on(drill):
     assert handed == [restarted[2]], order
 
     # Every write either succeeded or failed in one of the expected ways.
+    record_figures("upgrade drill: KV writes through the client during the upgrade",
+                   succeeded=writer.ok, failed=len(writer.failed),
+                   kinds=sorted({next((a for a in ALLOWED if a in f), f[:60]) for f in writer.failed}))
     assert writer.ok > 50
     unexpected = [f for f in writer.failed if not any(a in f for a in ALLOWED)]
     assert not unexpected, unexpected[:10]
