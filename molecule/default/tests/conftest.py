@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -236,3 +237,65 @@ def restarts_in(output: str) -> list[tuple[str, str]]:
         if step and re.search(r"^changed: \[", body, flags=re.MULTILINE):
             steps.append((step[1], step[2]))
     return steps
+
+
+class KVLedger:
+    """A ledger of acknowledged KV writes: every 50 ms a new key
+    <prefix>/<n> through the agent in `container` (the token goes in on
+    stdin, never on a command line). Keeps the numbers Consul acknowledged
+    and every failure's words; lost() reads the keys back and names the
+    acknowledged ones that are missing."""
+
+    def __init__(self, container: str, token: str, prefix: str):
+        self.container, self.token, self.prefix = container, token, prefix
+        self.acknowledged: list[int] = []
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def ok(self) -> int:
+        return len(self.acknowledged)
+
+    def _shell(self, script: str, **popen):
+        return subprocess.Popen(["docker", "exec", "-i", self.container, "sh", "-c", script],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, **popen)
+
+    def _run(self):
+        proc = self._shell(
+            'read -r t; while read -r i; do '
+            'code=$(curl -sS -o /tmp/ledger.body -w "%{http_code}" -X PUT -H "X-Consul-Token: $t" '
+            f'--data "$i" "localhost:8500/v1/kv/{self.prefix}/$i" 2>/tmp/ledger.err); '
+            'echo "$code $(cat /tmp/ledger.body /tmp/ledger.err 2>/dev/null | tr "\\n" " ")"; done')
+        proc.stdin.write(self.token + "\n")
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            proc.stdin.write(f"{n}\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline().strip()
+            if line.startswith("200 ") and "true" in line:
+                self.acknowledged.append(n)
+            else:
+                self.failed.append(line)
+            time.sleep(0.05)
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+    def lost(self) -> list[int]:
+        """Acknowledged writes that the cluster no longer holds; then the keys are removed."""
+        reader = self._shell('read -r t; curl -sS -H "X-Consul-Token: $t" '
+                             f'"localhost:8500/v1/kv/{self.prefix}/?keys"; '
+                             f'curl -sS -o /dev/null -X DELETE -H "X-Consul-Token: $t" '
+                             f'"localhost:8500/v1/kv/{self.prefix}/?recurse"')
+        out, _ = reader.communicate(self.token + "\n", timeout=60)
+        held = {int(key.rsplit("/", 1)[1]) for key in json.loads(out or "[]")}
+        return [n for n in self.acknowledged if n not in held]
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)

@@ -356,16 +356,22 @@ def test_the_group_token_is_never_handed_to_a_browser(reader, admin, base_url):
 
 
 def reload_nginx(edge) -> None:
-    """Reload nginx and wait until every worker that ran the old config has
-    exited: until then an old worker still accepts new connections (the
-    master starts the new workers before it tells the old ones to stop), and
-    a request may be served with the old config."""
-    def workers() -> set[str]:
-        return set(edge.check_output("pgrep -f 'nginx: worker process' || true").split())
+    """Reload nginx and wait until no worker of the old config accepts
+    connections any more. systemctl returns once the master has the signal;
+    the master starts the new workers before it tells the old ones to stop,
+    and until then an old worker still takes new connections with the old
+    config (CI saw one answer that way). A told worker is titled "is
+    shutting down" and has closed its listening sockets; it may live on for
+    minutes while a long-polling request it serves finishes, so waiting for
+    it to exit would be waiting for the wrong thing."""
+    def accepting_workers() -> set[str]:
+        lines = edge.check_output("ps -eo pid=,args=").splitlines()
+        return {line.split(None, 1)[0] for line in lines
+                if line.split(None, 1)[1:] == ["nginx: worker process"]}
 
-    old = workers()
+    old = accepting_workers()
     edge.check_output("systemctl reload nginx.service")
-    wait_for(lambda: not (workers() & old), 60, "every old nginx worker gone after the reload")
+    wait_for(lambda: not (accepting_workers() & old), 60, "no old nginx worker accepting after the reload")
 
 
 def test_a_group_with_no_token_gets_403_from_nginx(reader, edge, base_url):

@@ -2,19 +2,26 @@
 and a client, containers like the scenario's, its own datacenter, secrets
 and inventory) starts on the older Consul release the mirror holds
 (files/releases.yml, upgrade_from), then playbooks/upgrade.yml takes it to
-the pinned release while a writer puts KV through the client agent."""
+the pinned release while a ledger of KV writes runs through the client agent."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import yaml
-from conftest import CACHE, REPO, record_figures, restarts_in, run_playbook, start_scenario_containers
+from conftest import (
+    CACHE,
+    REPO,
+    KVLedger,
+    record_figures,
+    restarts_in,
+    run_playbook,
+    start_scenario_containers,
+)
 
 sys.path.insert(0, str(REPO / "tools" / "lab"))
 import release_mirror
@@ -56,53 +63,13 @@ def drill(tmp_path_factory):
         subprocess.run(["docker", "rm", "-f", *SERVERS, CLIENT], capture_output=True, check=False)
 
 
-class Writer:
-    """Puts a new value every 50 ms through the client agent; keeps each failure's text."""
-
-    def __init__(self, token: str):
-        self.token, self.ok, self.failed = token, 0, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        # The token goes in on stdin, never on a command line; each "go" line
-        # is one write, answered with the status and Consul's or curl's words.
-        proc = subprocess.Popen(
-            ["docker", "exec", "-i", CLIENT, "sh", "-c",
-             'read -r t; i=0; while read -r _; do i=$((i+1)); '
-             'code=$(curl -sS -o /tmp/w.body -w "%{http_code}" -X PUT -H "X-Consul-Token: $t" '
-             '--data "$i" localhost:8500/v1/kv/drill/upgrade 2>/tmp/w.err); '
-             'echo "$code $(cat /tmp/w.body /tmp/w.err 2>/dev/null | tr "\\n" " ")"; done'],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        proc.stdin.write(self.token + "\n")
-        while not self._stop.is_set():
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            line = proc.stdout.readline().strip()
-            if line.startswith("200 ") and "true" in line:
-                self.ok += 1
-            else:
-                self.failed.append(line)
-            time.sleep(0.05)
-        proc.stdin.close()
-        proc.wait(timeout=10)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
 def test_upgrade_servers_then_clients_leader_last_with_writes_going_on(drill):
     target = release_mirror.load_manifest()[0].version
     built = run_playbook("consul.yml", inventory=drill["inventory"])
     assert built.returncode == 0, built.stdout[-3000:]
     management = (drill["folder"] / "secrets" / "consul_acl_bootstrap_token").read_text().strip()
     assert {agent_version(h, management) for h in [*SERVERS, CLIENT]} == {drill["from"]}
-    with Writer(management) as writer:
+    with KVLedger(CLIENT, management, "drill/upgrade") as writer:
         time.sleep(2)
         upgraded = run_playbook("upgrade.yml", "-e", f"consul_version={target}", inventory=drill["inventory"])
         time.sleep(2)
@@ -129,3 +96,5 @@ def test_upgrade_servers_then_clients_leader_last_with_writes_going_on(drill):
     assert writer.ok > 50
     unexpected = [f for f in writer.failed if not any(a in f for a in ALLOWED)]
     assert not unexpected, unexpected[:10]
+    # The ledger: every write Consul acknowledged is there after the upgrade.
+    assert writer.lost() == []
