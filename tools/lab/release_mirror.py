@@ -123,10 +123,9 @@ def load_manifest(path: Path = MANIFEST, upgrade_from: bool = False) -> list[Rel
 
 
 def upgrade_from(product: str) -> list[str]:
-    """The older versions of `product` that the mirror holds for the upgrade drill."""
-    return [r.version for r in load_manifest(upgrade_from=True)
-            if r.product == product and r.version != pinned_version(
-                yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))[product]["version_from"])]
+    """The older versions of `product` that the mirror holds for the upgrade
+    drill (load_manifest lists each product's pinned release first)."""
+    return [r.version for r in load_manifest(upgrade_from=True) if r.product == product][1:]
 
 
 def sha256(path: Path) -> str:
