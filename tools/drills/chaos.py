@@ -10,7 +10,9 @@ time limit, and puts the lab back. Writes docs/bench/chaos.json; the report
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import ssl
 import sys
 import threading
 import time
@@ -20,9 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "probes"))
 import lab_inventory
 from bench_failover import kill_rounds
 from benchlib import (
+    LAB_INVENTORY,
+    LAB_SECRETS,
     MANAGEMENT_TOKEN,
     SERVERS,
     LedgerProbe,
@@ -30,10 +35,12 @@ from benchlib import (
     consul_api,
     container_ip,
     leader,
+    playbook,
     run,
     wait_for,
     write_report,
 )
+from keepalive import KeepAliveClient
 
 FIRST_SERVER = SERVERS[0]
 FIRST_APP = lab_inventory.first("app")
@@ -42,6 +49,9 @@ NETWORK = "consul-lab"
 SERVICE = "python-web-service"
 GREETING_KEY = "python-web-service/greeting"
 UPSTREAMS = "/etc/nginx/consul-edge/upstreams/python-web-service.conf"
+# Where the lab publishes the edge on this machine, and the CA of its certificate.
+EDGE_PORT = 8443
+WEB_CA = LAB_SECRETS / "web-ca" / "web-ca.pem"
 
 
 class Drill:
@@ -219,6 +229,95 @@ def drill_app_partition(node: str = FIRST_APP) -> dict:
     return drill.result()
 
 
+class EdgeRootProbe:
+    """GET / through the edge's published port every 50 ms over one
+    keep-alive connection, as a browser would (one retry of a reused
+    connection that a reload closed before any byte, counted apart); every
+    other exception and every non-200 is a failed request."""
+
+    def __init__(self) -> None:
+        self.ok, self.failed, self.retries = 0, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        context = ssl.create_default_context(cafile=str(WEB_CA))
+        client = KeepAliveClient(lambda: http.client.HTTPSConnection("localhost", EDGE_PORT,
+                                                                     context=context, timeout=5))
+        while not self._stop.is_set():
+            try:
+                status = client.request("GET", "/")[0]
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failed.append(status)
+            except Exception as exc:  # every exception is a failed request
+                self.failed.append(repr(exc))
+            self.retries = client.retries
+            time.sleep(0.05)
+        client.close()
+
+    def __enter__(self) -> EdgeRootProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def check(self, drill: Drill) -> None:
+        drill.check("/ through the edge failed no request", self.ok > 0 and not self.failed,
+                    f"{self.ok} served, {len(self.failed)} failed {self.failed[:3]}, "
+                    f"{self.retries} retried once after a reload")
+
+
+def drill_planned_leader_restart() -> dict:
+    drill = Drill("planned-leader-restart", "playbooks/restart_consul.yml on the raft leader "
+                  "under KV writes and / through the edge: it hands leadership over first")
+    before = leader()
+    drill.check("a leader before", before is not None, before)
+    with EdgeRootProbe() as edge, LedgerProbe() as probe:
+        time.sleep(2)
+        ran = playbook(LAB_INVENTORY, "playbooks/restart_consul.yml", extra=["--limit", before])
+        time.sleep(2)
+    drill.check("the playbook restarted it", ran["changed"] > 0, f"{ran['wall_s']} s")
+    drill.wait("another server leads", lambda: leader() not in (None, before), timeout=30)
+    acked, lost = probe.result["verify"]["acked"], len(probe.result["verify"]["lost"])
+    drill.check("zero acknowledged writes lost", lost == 0 and acked > 0,
+                f"{acked} acknowledged, {lost} lost")
+    edge.check(drill)
+    return drill.result()
+
+
+def drill_snapshot_restore() -> dict:
+    drill = Drill("snapshot-restore", "fetch a fresh snapshot, change KV, restore the snapshot "
+                  "with / through the edge watched: KV is as it was, the cluster takes writes")
+    key, kept, undone = "chaos/restore-marker", uuid.uuid4().hex, uuid.uuid4().hex
+    folder = LAB_SECRETS / "snapshots"
+    try:
+        drill.check("a marker written before the snapshot", kv_put(key, kept))
+        playbook(LAB_INVENTORY, "playbooks/fetch_consul_snapshot.yml",
+                 extra=["-e", "consul_snapshot_fetch_fresh=true"])
+        snapshot = max(folder.glob("consul-*.snap"), key=lambda p: p.stat().st_mtime)
+        drill.check("the snapshot is on the controller, private", snapshot.stat().st_mode & 0o077 == 0,
+                    snapshot.name)
+        drill.check("the marker changed after the snapshot", kv_put(key, undone))
+        with EdgeRootProbe() as edge:
+            ran = playbook(LAB_INVENTORY, "playbooks/restore_consul_snapshot.yml",
+                           extra=["-e", f"consul_snapshot_restore_file={snapshot}"])
+            drill.check("the marker is back to its value at the snapshot", kv_get(key) == kept,
+                        f"restore took {ran['wall_s']} s")
+            drill.check("the restored cluster takes writes", kv_put(f"{key}-after", kept)
+                        and kv_get(f"{key}-after") == kept)
+            drill.wait("every instance of the service passes its checks",
+                       lambda: len(passing_instances()) == 2, timeout=60)
+        edge.check(drill)
+    finally:
+        for each in (key, f"{key}-after"):
+            consul_api(FIRST_SERVER, f"/v1/kv/{each}", MANAGEMENT_TOKEN, "DELETE")
+    return drill.result()
+
+
 def unit_state(host: str, unit: str) -> tuple[str, int]:
     out = run("docker", "exec", host, "systemctl", "show", unit, "--property=ActiveState",
               "--property=NRestarts", capture=True)
@@ -259,6 +358,8 @@ DRILLS = {
     "server-partition": lambda args: drill_server_partition(),
     "app-partition": lambda args: drill_app_partition(),
     "process-kills": lambda args: drill_process_kills(),
+    "planned-leader-restart": lambda args: drill_planned_leader_restart(),
+    "snapshot-restore": lambda args: drill_snapshot_restore(),
 }
 
 

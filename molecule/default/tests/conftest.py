@@ -7,14 +7,18 @@ molecule's own inventory.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import testinfra
@@ -27,6 +31,11 @@ CACHE = Path(os.environ["CONSUL_PLATFORM_CACHE"])
 SECRETS = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
 ANSIBLE_LOG = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.log"
 REPO = Path(__file__).resolve().parents[3]
+# The lab CA that signs the edge's web certificate.
+CA = SECRETS / "web-ca" / "web-ca.pem"
+
+sys.path.insert(0, str(REPO / "tools" / "bench" / "probes"))
+from keepalive import KeepAliveClient  # noqa: E402
 
 
 def group(name: str) -> list[str]:
@@ -45,6 +54,12 @@ def servers():
 @pytest.fixture(scope="session")
 def clients():
     return [get_host(name) for name in group("consul_clients")]
+
+
+@pytest.fixture(scope="session")
+def base_url() -> str:
+    """The edge's public URL, as the lab publishes it on this machine's loopback."""
+    return get_host(group("edge")[0]).ansible.get_variables()["edge_public_url"].rstrip("/")
 
 
 @pytest.fixture(scope="session")
@@ -299,3 +314,65 @@ class KVLedger:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to the host name of the URL (certificate check, SNI, Host
+    header) on a given address, like curl's --resolve."""
+
+    def __init__(self, host: str, port: int, address: str, **kwargs) -> None:
+        super().__init__(host, port, **kwargs)
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def edge_connection(base_url: str, timeout: float = 15, ca: Path = CA,
+                    address: str | None = None) -> http.client.HTTPSConnection:
+    """A new connection to the edge's published port (or to `address`),
+    trusting the lab CA."""
+    parts = urlsplit(base_url)
+    context = ssl.create_default_context(cafile=str(ca))
+    if address:
+        return _PinnedHTTPSConnection(parts.hostname, parts.port or 443, address, context=context,
+                                      timeout=timeout)
+    return http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=context, timeout=timeout)
+
+
+class EdgeLoad:
+    """Steady GETs of / through the edge over one keep-alive connection, as a
+    browser sends them: a reused connection that nginx closed at a reload
+    before any response byte is retried once (RFC 9112 section 9.3.1) and
+    counted apart; every other failure, and every non-200, is a failure."""
+
+    def __init__(self, url: str, ca: Path = CA, address: str | None = None) -> None:
+        self.url, self.path, self.ca, self.address = url, urlsplit(url).path or "/", ca, address
+        self.ok, self.failed, self.retries = 0, [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        client = KeepAliveClient(
+            lambda: edge_connection(self.url, timeout=5, ca=self.ca, address=self.address))
+        while not self.stop.is_set():
+            try:
+                status = client.request("GET", self.path)[0]
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failed.append(status)
+            except Exception as exc:  # every exception is a failed request, never a silent end
+                self.failed.append(repr(exc))
+            self.retries = client.retries
+            time.sleep(0.02)
+        client.close()
+
+    def __enter__(self) -> EdgeLoad:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()

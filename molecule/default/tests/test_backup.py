@@ -6,6 +6,7 @@ restored greeting."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import stat
@@ -14,11 +15,15 @@ import uuid
 import pytest
 from conftest import (
     SECRETS,
+    EdgeLoad,
+    KVLedger,
     api_call,
     consul_api,
     get_host,
     group,
+    record_figures,
     run_playbook,
+    secret,
     wait_for,
     write_private_file,
 )
@@ -73,8 +78,8 @@ def test_the_leader_alone_takes_a_snapshot_that_only_its_user_reads(servers):
 
 def test_the_snapshot_token_reads_no_data(servers):
     server = servers[0]
-    secret = server.check_output("cat /etc/consul-tokens/consul-snapshot.token").strip()
-    write_private_file(server, "/root/.consul-test-snapshot.header", f"X-Consul-Token: {secret}\n")
+    snapshot_token = server.check_output("cat /etc/consul-tokens/consul-snapshot.token").strip()
+    write_private_file(server, "/root/.consul-test-snapshot.header", f"X-Consul-Token: {snapshot_token}\n")
     for path in (f"kv/{KEY}", "agent/self", "operator/raft/configuration"):
         status = server.check_output(
             "curl -s -o /dev/null -w '%{http_code}' -H @/root/.consul-test-snapshot.header "
@@ -82,18 +87,19 @@ def test_the_snapshot_token_reads_no_data(servers):
         assert status == "403", path
 
 
-def test_restore_onto_servers_that_lost_their_data(servers, clients, apps):
+def test_restore_onto_servers_that_lost_their_data(servers, clients, apps, base_url):
     server = servers[0]
     original = api_call(server, f"kv/{KEY}?raw")  # 404: no key, the default greeting
     drill = f"Restored greeting {uuid.uuid4().hex[:8]}"
-    secret = str(uuid.uuid4())
+    drill_secret = str(uuid.uuid4())
+    watches = contextlib.ExitStack()
     try:
         # Known state: a greeting, a policy and a token of our own.
         assert consul_api(server, f"kv/{KEY}", "PUT", drill) is True
         consul_api(server, "acl/policy", "PUT",
                    json.dumps({"Name": "drill-policy", "Rules": 'key "drill/" { policy = "read" }'}))
         consul_api(server, "acl/token", "PUT", json.dumps(
-            {"SecretID": secret, "Description": "drill-token", "Policies": [{"Name": "drill-policy"}]}))
+            {"SecretID": drill_secret, "Description": "drill-token", "Policies": [{"Name": "drill-policy"}]}))
         wait_for(lambda: all(served(app) == drill for app in apps), 30, "the drill greeting served")
 
         fetched = run_playbook("fetch_consul_snapshot.yml", "-e", "consul_snapshot_fetch_fresh=true")
@@ -108,6 +114,9 @@ def test_restore_onto_servers_that_lost_their_data(servers, clients, apps):
         assert consul_api(server, f"kv/{KEY}", "PUT", "after the snapshot") is True
         wait_for(lambda: all(served(app) == "after the snapshot" for app in apps), 30, "the later greeting")
 
+        # From here on / through the edge is watched: the web service and the
+        # edge serve what they rendered last while the servers have no data.
+        edge_load = watches.enter_context(EdgeLoad(f"{base_url}/"))
         # Every server loses its data; the servers are converged anew.
         for each in servers:
             assert each.run("systemctl stop consul && find /opt/consul -mindepth 1 -delete").rc == 0
@@ -118,10 +127,13 @@ def test_restore_onto_servers_that_lost_their_data(servers, clients, apps):
         restored = run_playbook("restore_consul_snapshot.yml",
                                 "-e", f"consul_snapshot_restore_file={snapshot}")
         assert restored.returncode == 0, restored.stdout[-3000:]
+        # The cluster's return: every write acknowledged from here on is kept.
+        ledger = watches.enter_context(
+            KVLedger(clients[0].backend.host, secret("consul_acl_bootstrap_token"), "drill/restore"))
 
         assert api_call(server, f"kv/{KEY}?raw") == (200, drill)
         assert consul_api(server, "acl/policy/name/drill-policy")["Name"] == "drill-policy"
-        write_private_file(server, "/root/.consul-test-drill.header", f"X-Consul-Token: {secret}\n")
+        write_private_file(server, "/root/.consul-test-drill.header", f"X-Consul-Token: {drill_secret}\n")
         own = server.check_output("curl -s -H @/root/.consul-test-drill.header http://127.0.0.1:8500/v1/acl/token/self")
         assert '"Description":"drill-token"' in own.replace(" ", "")
 
@@ -136,10 +148,19 @@ def test_restore_onto_servers_that_lost_their_data(servers, clients, apps):
 
         # site.yml over the restored cluster has nothing left to do.
         converged = run_playbook("site.yml")
+        watches.close()
         assert converged.returncode == 0, converged.stdout[-3000:]
         changed = {host: int(count) for host, count, _, _ in RECAP.findall(converged.stdout)}
         assert changed and not any(changed.values()), changed
+        record_figures("restore drill: / through the edge from the wipe to the re-run, "
+                       "KV writes from the restore on", edge_requests=edge_load.ok,
+                       edge_failed=len(edge_load.failed), writes=ledger.ok, writes_failed=len(ledger.failed))
+        assert edge_load.ok > 50 and edge_load.failed == [], edge_load.failed[:5]
+        # Writes may be refused until the clients reach the restored servers;
+        # none that Consul acknowledged may be missing.
+        assert ledger.ok > 50 and ledger.lost() == []
     finally:
+        watches.close()
         if original[0] == 200:
             api_call(server, f"kv/{KEY}", "PUT", original[1])
         else:

@@ -9,24 +9,23 @@ loopback, as a person's browser would.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import ssl
 import sys
 import threading
 import time
 import uuid
 from base64 import b64decode
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 from conftest import (
-    SECRETS,
+    CA,
+    EdgeLoad,
     api_call,
     consul_api,
+    edge_connection,
     get_host,
     group,
     record_figures,
@@ -40,10 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "lab"))
 import lab_browser
 from lab_browser import session_cookie, trusted_browser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "bench" / "probes"))
-from keepalive import KeepAliveClient
-
-CA = SECRETS / "web-ca" / "web-ca.pem"
 # A key of the test's own, so nothing depends on what other tests wrote.
 KV_KEY = "edge-test/secret-value"
 ARTIFACTS = Path(os.environ.get("TEST_RESULTS_DIR", "/tmp"))
@@ -62,11 +57,6 @@ def idp():
 @pytest.fixture(scope="module")
 def apps():
     return [get_host(name) for name in group("app")]
-
-
-@pytest.fixture(scope="module")
-def base_url(edge) -> str:
-    return edge.ansible.get_variables()["edge_public_url"].rstrip("/")
 
 
 def password(user: str) -> str:
@@ -249,14 +239,6 @@ def token_headers(token: str) -> dict[str, list[tuple[str, str]]]:
     headers["Authorization twice"] = [("Authorization", f"Bearer {token}")] * 2
     headers["authorization lower case"] = [("authorization", f"Bearer {token}")]
     return headers
-
-
-def edge_connection(base_url: str, timeout: float = 15) -> http.client.HTTPSConnection:
-    """A new connection to the edge's published port, trusting the lab CA."""
-    parts = urlsplit(base_url)
-    context = ssl.create_default_context(cafile=str(CA))
-    return http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=context,
-                                       timeout=timeout)
 
 
 def edge_request(base_url: str, method: str, target: str, headers: list[tuple[str, str]],
@@ -480,42 +462,6 @@ def test_root_balances_across_the_app_instances(edge, apps, base_url):
     wait_for(lambda: used() == expected, 10, f"answered by every instance of {expected}")
 
 
-class Load:
-    """Steady GETs of / through the edge over one keep-alive connection, as a
-    browser sends them: a reused connection that nginx closed at a reload
-    before any response byte is retried once (RFC 9112 section 9.3.1) and
-    counted apart; every other failure, and every non-200, is a failure."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.path = url, urlsplit(url).path or "/"
-        self.ok, self.failed, self.retries = 0, [], 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        client = KeepAliveClient(lambda: edge_connection(self.url, timeout=5))
-        while not self.stop.is_set():
-            try:
-                status = client.request("GET", self.path)[0]
-                if status == 200:
-                    self.ok += 1
-                else:
-                    self.failed.append(status)
-            except Exception as exc:  # every exception is a failed request, never a silent end
-                self.failed.append(repr(exc))
-            self.retries = client.retries
-            time.sleep(0.02)
-        client.close()
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
 def wait_for(predicate, timeout: float, what: str) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -584,7 +530,7 @@ def test_stopped_instance_leaves_the_upstream_with_no_failed_request(edge, apps,
     address = app.interface("eth0").addresses[0]
     assert address in upstream_lines(edge)
     nginx_pid = edge.check_output("systemctl show --value -p MainPID nginx.service")
-    with Load(f"{base_url}/") as load:
+    with EdgeLoad(f"{base_url}/") as load:
         # Load runs on each side of each change: a number of requests served,
         # not a time slept.
         def served_more(count: int = 20):
@@ -641,7 +587,7 @@ def test_a_setting_that_needs_a_restart_rolls_through_the_servers_leader_last(ba
     servers = [get_host(name) for name in group("consul_servers")]
     leader = raft_leader_name(servers[0])
     runs = []
-    with Load(f"{base_url}/") as load:
+    with EdgeLoad(f"{base_url}/") as load:
         try:
             runs.append(run_playbook("site.yml", "--tags", "consul",
                                      "-e", "consul_raft_multiplier=2"))

@@ -19,6 +19,7 @@ import time
 import pytest
 import yaml
 from conftest import (
+    EdgeLoad,
     KVLedger,
     api_call,
     consul_api,
@@ -83,15 +84,29 @@ def changes(output: str) -> dict[str, int]:
     return {host: int(n) for host, n in recap}
 
 
+def election_lines(hosts, since: str) -> list[str]:
+    """Raft's own words for a leader change (a follower that heard no
+    heartbeat, an election, a new leader), from each server's journal since
+    `since`: the cause of a change, recorded with the figures."""
+    pattern = "heartbeat timeout|entering candidate state|election won|lost leadership|leadership transfer"
+    lines = []
+    for host in hosts:
+        out = host.run(f"journalctl -u consul -o short-precise --no-pager --since '{since}' "
+                       f"| grep -E -i '{pattern}' | tail -n 20").stdout
+        lines += [f"{host.backend.host}: {line}" for line in out.splitlines()]
+    return lines
+
+
 def main_pids(hosts) -> list[str]:
     return [h.check_output("systemctl show -P MainPID consul") for h in hosts]
 
 
-def test_grow_to_five_servers_and_back_to_three(servers, clients, spares):
+def test_grow_to_five_servers_and_back_to_three(servers, clients, spares, base_url):
     originals = sorted(s.backend.host for s in servers)
+    started = servers[0].check_output("date '+%Y-%m-%d %H:%M:%S'")
     pids = main_pids(servers + clients)
     ledger = KVLedger(clients[0].backend.host, secret("consul_acl_bootstrap_token"), "drill/grow-shrink")
-    with ledger:
+    with EdgeLoad(f"{base_url}/") as edge_load, ledger:
         with LeaderWatch(servers[0]) as grow_watch:
             grown = run_playbook("consul.yml", "-i", str(spares))
             assert grown.returncode == 0, grown.stdout[-3000:]
@@ -110,9 +125,15 @@ def test_grow_to_five_servers_and_back_to_three(servers, clients, spares):
     assert voters(servers[0]) == originals
     # Writes all along: a failure only where a retiring server cut a stream
     # or refused at a hand-over (nothing else), and none acknowledged was lost.
-    record_figures("grow 3->5 and shrink 5->3: KV writes through a client",
+    grow_changes = changes_of(grow_watch.seen)
+    record_figures("grow 3->5: leader changes seen from server-1, and raft's log lines about them",
+                   leader_changes=grow_changes,
+                   raft_lines=election_lines(servers, started) if grow_changes else [])
+    record_figures("grow 3->5 and shrink 5->3: KV writes through a client, / through the edge",
                    succeeded=ledger.ok, failed=len(ledger.failed),
-                   leader_changes=changes_of(grow_watch.seen) + changes_of(shrink_watch.seen))
+                   leader_changes=changes_of(grow_watch.seen) + changes_of(shrink_watch.seen),
+                   edge_requests=edge_load.ok, edge_failed=len(edge_load.failed))
+    assert edge_load.ok > 50 and edge_load.failed == [], edge_load.failed[:5]
     assert ledger.ok > 50
     allowed = ("leadership transfer in progress", "stream closed", "No cluster leader", "leadership lost")
     assert [f for f in ledger.failed if not any(a in f for a in allowed)] == [], ledger.failed[:10]
