@@ -40,7 +40,7 @@ from benchlib import (
     wait_for,
     write_report,
 )
-from keepalive import KeepAliveClient
+from keepalive import SteadyGets
 
 FIRST_SERVER = SERVERS[0]
 FIRST_APP = lab_inventory.first("app")
@@ -229,41 +229,16 @@ def drill_app_partition(node: str = FIRST_APP) -> dict:
     return drill.result()
 
 
-class EdgeRootProbe:
+class EdgeRootProbe(SteadyGets):
     """GET / through the edge's published port every 50 ms over one
     keep-alive connection, as a browser would (one retry of a reused
     connection that a reload closed before any byte, counted apart); every
     other exception and every non-200 is a failed request."""
 
     def __init__(self) -> None:
-        self.ok, self.failed, self.retries = 0, [], 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
         context = ssl.create_default_context(cafile=str(WEB_CA))
-        client = KeepAliveClient(lambda: http.client.HTTPSConnection("localhost", EDGE_PORT,
-                                                                     context=context, timeout=5))
-        while not self._stop.is_set():
-            try:
-                status = client.request("GET", "/")[0]
-                if status == 200:
-                    self.ok += 1
-                else:
-                    self.failed.append(status)
-            except Exception as exc:  # every exception is a failed request
-                self.failed.append(repr(exc))
-            self.retries = client.retries
-            time.sleep(0.05)
-        client.close()
-
-    def __enter__(self) -> EdgeRootProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        super().__init__(lambda: http.client.HTTPSConnection("localhost", EDGE_PORT, context=context,
+                                                             timeout=5), path="/", pause=0.05)
 
     def check(self, drill: Drill) -> None:
         drill.check("/ through the edge failed no request", self.ok > 0 and not self.failed,

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[3]
 CA = SECRETS / "web-ca" / "web-ca.pem"
 
 sys.path.insert(0, str(REPO / "tools" / "bench" / "probes"))
-from keepalive import KeepAliveClient  # noqa: E402
+from keepalive import SteadyGets  # noqa: E402
 
 
 def group(name: str) -> list[str]:
@@ -341,38 +341,13 @@ def edge_connection(base_url: str, timeout: float = 15, ca: Path = CA,
     return http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=context, timeout=timeout)
 
 
-class EdgeLoad:
-    """Steady GETs of / through the edge over one keep-alive connection, as a
-    browser sends them: a reused connection that nginx closed at a reload
-    before any response byte is retried once (RFC 9112 section 9.3.1) and
-    counted apart; every other failure, and every non-200, is a failure."""
+class EdgeLoad(SteadyGets):
+    """Steady GETs of the URL's path through the edge over one keep-alive
+    connection, as a browser sends them (tools/bench/probes/keepalive.py): a
+    reused connection that nginx closed at a reload before any response byte
+    is retried once (RFC 9112 section 9.3.1) and counted apart; every other
+    failure, and every non-200, is a failure."""
 
     def __init__(self, url: str, ca: Path = CA, address: str | None = None) -> None:
-        self.url, self.path, self.ca, self.address = url, urlsplit(url).path or "/", ca, address
-        self.ok, self.failed, self.retries = 0, [], 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        client = KeepAliveClient(
-            lambda: edge_connection(self.url, timeout=5, ca=self.ca, address=self.address))
-        while not self.stop.is_set():
-            try:
-                status = client.request("GET", self.path)[0]
-                if status == 200:
-                    self.ok += 1
-                else:
-                    self.failed.append(status)
-            except Exception as exc:  # every exception is a failed request, never a silent end
-                self.failed.append(repr(exc))
-            self.retries = client.retries
-            time.sleep(0.02)
-        client.close()
-
-    def __enter__(self) -> EdgeLoad:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
+        super().__init__(lambda: edge_connection(url, timeout=5, ca=ca, address=address),
+                         path=urlsplit(url).path or "/", pause=0.02)

@@ -14,6 +14,8 @@ Every other failure is raised.
 from __future__ import annotations
 
 import http.client
+import threading
+import time
 from collections.abc import Callable
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -85,3 +87,41 @@ class KeepAliveClient:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class SteadyGets:
+    """GETs of `path` every `pause` seconds over one KeepAliveClient, in a
+    thread, for a `with` block: `ok` counts 200s, `failed` holds every other
+    status and every exception (a load generator that an unexpected
+    exception silently ended would report success), `retries` the one-time
+    retries the client made."""
+
+    def __init__(self, connect: Callable[[], http.client.HTTPConnection], path: str = "/",
+                 pause: float = 0.02) -> None:
+        self.connect, self.path, self.pause = connect, path, pause
+        self.ok, self.failed, self.retries = 0, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        client = KeepAliveClient(self.connect)
+        while not self._stop.is_set():
+            try:
+                status = client.request("GET", self.path)[0]
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failed.append(status)
+            except Exception as exc:  # every exception is a failed request, never a silent end
+                self.failed.append(repr(exc))
+            self.retries = client.retries
+            time.sleep(self.pause)
+        client.close()
+
+    def __enter__(self) -> SteadyGets:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
