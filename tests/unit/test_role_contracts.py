@@ -80,6 +80,70 @@ def test_a_limited_run_delivers_to_the_hosts_of_the_play_only():
     assert sorted(d["name"] for d in deliveries) == ["reader", "svc-app-2"]
 
 
+# A host in both the app and the edge group: both contracts deliver a
+# consul-template token to the one file consul-template reads.
+SHARED = [
+    {"hosts": "app", "contract": {"tokens": [
+        {"name": "ct", "rules": 'key "k" { policy = "read" }', "file": {"path": "/t/ct.token"}},
+        {"name": "svc", "rules": 'service "svc" { policy = "write" }', "per_host": True,
+         "file": {"path": "/t/svc.token"}}]}},
+    {"hosts": "edge", "contract": {"tokens": [
+        {"name": "ct-edge", "rules": 'service "svc" { policy = "read" }', "file": {"path": "/t/ct.token"}},
+        {"name": "svc-edge", "rules": 'node_prefix "" { policy = "read" }', "per_host": True,
+         "file": {"path": "/t/svc.token"}}]}},
+]
+SHARED_GROUPS = {"app": ["app-1", "both-1"], "edge": ["edge-1", "both-1"]}
+
+
+def shared_tokens(consumers=SHARED, groups=SHARED_GROUPS):
+    tokens = acl.consul_acl_expand_tokens(acl.consul_acl_collect(consumers)["tokens"], groups)
+    return acl.consul_acl_merge_shared_files(tokens, groups)
+
+
+@pytest.mark.parametrize(("host", "path", "name", "policies"), [
+    ("app-1", "/t/ct.token", "ct", ["ct"]),
+    ("edge-1", "/t/ct.token", "ct-edge", ["ct-edge"]),
+    ("both-1", "/t/ct.token", "ct+ct-edge-both-1", ["ct", "ct-edge"]),
+    ("app-1", "/t/svc.token", "svc-app-1", ["svc"]),
+    ("edge-1", "/t/svc.token", "svc-edge-edge-1", ["svc-edge"]),
+    ("both-1", "/t/svc.token", "svc-both-1+svc-edge-both-1", ["svc", "svc-edge"]),
+])
+def test_a_file_two_contracts_deliver_to_one_host_gets_one_token_with_both_policies(host, path, name,
+                                                                                    policies):
+    tokens = shared_tokens()
+    deliveries = acl.consul_acl_file_deliveries(tokens, SHARED_GROUPS, ["app-1", "edge-1", "both-1"])
+    at_path = [d["name"] for d in deliveries if (d["host"], d["path"]) == (host, path)]
+    assert at_path == [name]
+    assert next(t for t in tokens if t["name"] == name)["policies"] == policies
+
+
+def test_a_shared_file_drops_the_per_host_tokens_it_replaces_and_names_the_host():
+    names = {t["name"]: t for t in shared_tokens()}
+    assert "svc-both-1" not in names and "svc-edge-both-1" not in names
+    assert names["ct"]["file"]["exclude_hosts"] == ["both-1"]
+    assert "both-1" in names["ct+ct-edge-both-1"]["description"]
+    # Accessor keys stay unique: one API token per name.
+    api = acl.consul_acl_api_tokens(list(names.values()), [], "dc1")
+    keys = [t["key"] for t in api]
+    assert len(keys) == len(set(keys))
+
+
+def test_files_at_one_path_with_different_owners_are_refused_by_name():
+    consumers = [
+        {"hosts": "app", "contract": {"tokens": [
+            {"name": "a", "rules": "r", "file": {"path": "/t/x.token", "owner": "svc"}}]}},
+        {"hosts": "edge", "contract": {"tokens": [
+            {"name": "b", "rules": "r", "file": {"path": "/t/x.token"}}]}},
+    ]
+    with pytest.raises(AnsibleFilterError, match=r"a and b both deliver /t/x.token to both-1"):
+        shared_tokens(consumers)
+
+
+def test_tokens_that_share_no_file_on_any_host_are_left_as_they_are():
+    tokens = acl.consul_acl_expand_tokens(acl.consul_acl_collect(CONSUMERS)["tokens"], GROUPS)
+    assert acl.consul_acl_merge_shared_files(tokens, GROUPS) == tokens
+
+
 def test_api_tokens_hold_agents_dns_then_consumers_with_stable_keys():
     tokens = acl.consul_acl_expand_tokens(acl.consul_acl_collect(CONSUMERS)["tokens"], GROUPS)
     api = acl.consul_acl_api_tokens(tokens, ["s-1", "app-1"], "dc1")

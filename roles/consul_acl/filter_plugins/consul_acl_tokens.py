@@ -3,8 +3,9 @@
 consul_acl_collect: the consumers' contracts (what each role needs from
 Consul, handed over by the playbook with the group of hosts it runs on) into
 policies, tokens and retired token names. consul_acl_expand_tokens: every
-per_host token into one token per host. consul_acl_file_deliveries: which
-token file goes to which host of the play.
+per_host token into one token per host. consul_acl_merge_shared_files: one
+token per host for a file that several contracts deliver to the same host.
+consul_acl_file_deliveries: which token file goes to which host of the play.
 """
 
 from __future__ import annotations
@@ -72,6 +73,63 @@ def consul_acl_expand_tokens(tokens: list[dict[str, Any]],
     return expanded
 
 
+def _file_hosts(spec: dict[str, Any], groups: dict[str, list[str]]) -> list[str]:
+    hosts = [spec["host"]] if "host" in spec else groups.get(spec["hosts"], [])
+    return [h for h in hosts if h not in spec.get("exclude_hosts", [])]
+
+
+def consul_acl_merge_shared_files(tokens: list[dict[str, Any]],
+                                  groups: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """A host in two consumers' groups may get two token files with the same
+    path (consul-template reads one token file, and both the app and the edge
+    contract declare a consul-template token). Written one after the other,
+    the second would silently replace the first. Instead that host gets one
+    token holding the policies of all of them, named after them and the host
+    (<a>+<b>-<host>); the original tokens no longer go to that host (a
+    per-host token whose only host it was is dropped). Files at one path must
+    agree on owner, group and mode."""
+    holders: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for token in tokens:
+        if token.get("file"):
+            for host in _file_hosts(token["file"], groups):
+                holders.setdefault((host, token["file"]["path"]), []).append(token)
+    shared = {key: held for key, held in holders.items() if len(held) > 1}
+    if not shared:
+        return tokens
+    moved: dict[str, set[str]] = {}
+    for (host, _path), held in shared.items():
+        for token in held:
+            moved.setdefault(token["name"], set()).add(host)
+    merged: list[dict[str, Any]] = []
+    for token in tokens:
+        hosts = moved.get(token["name"])
+        if not hosts:
+            merged.append(token)
+        elif "host" not in token["file"]:
+            merged.append({**token, "file": {**token["file"], "exclude_hosts": sorted(
+                set(token["file"].get("exclude_hosts", [])) | hosts)}})
+    for (host, path), held in sorted(shared.items()):
+        names = sorted(t["name"] for t in held)
+        owners = {(t["file"].get("owner", "root"), t["file"].get("group", "root"),
+                   t["file"].get("mode", "0600")) for t in held}
+        if len(owners) > 1:
+            raise AnsibleFilterError(
+                f"consul_acl: {' and '.join(names)} both deliver {path} to {host} with different "
+                f"owner, group or mode {sorted(owners)}; make their file specs agree or change one path")
+        name = "+".join(names)
+        if not any("host" in t["file"] for t in held):
+            name = f"{name}-{host}"
+        spec = {key: value for key, value in held[0]["file"].items() if key not in ("hosts", "exclude_hosts")}
+        merged.append({
+            "name": name,
+            "description": f"{path} on {host}, shared by {', '.join(names)}",
+            "policies": sorted({p for t in held for p in t.get("policies", [])}),
+            "per_host": True,
+            "file": {**spec, "host": host},
+        })
+    return merged
+
+
 def consul_acl_file_deliveries(tokens: list[dict[str, Any]], groups: dict[str, list[str]],
                                play_hosts: list[str]) -> list[dict[str, Any]]:
     """One {host, name, path, owner, group, mode} per token file and host of
@@ -81,8 +139,7 @@ def consul_acl_file_deliveries(tokens: list[dict[str, Any]], groups: dict[str, l
         spec = token.get("file")
         if not spec:
             continue
-        targets = [spec["host"]] if "host" in spec else groups.get(spec["hosts"], [])
-        for host in targets:
+        for host in _file_hosts(spec, groups):
             if host in play_hosts:
                 deliveries.append({"host": host, "name": token["name"], "path": spec["path"],
                                    "owner": spec.get("owner", "root"), "group": spec.get("group", "root"),
@@ -155,6 +212,7 @@ class FilterModule:
         return {
             "consul_acl_collect": consul_acl_collect,
             "consul_acl_expand_tokens": consul_acl_expand_tokens,
+            "consul_acl_merge_shared_files": consul_acl_merge_shared_files,
             "consul_acl_file_deliveries": consul_acl_file_deliveries,
             "consul_acl_api_tokens": consul_acl_api_tokens,
             "consul_acl_tokens_to_write": consul_acl_tokens_to_write,
