@@ -135,7 +135,7 @@ lint: venv ## yamllint, ansible-lint (production profile), syntax checks, ruff
 	for playbook in $(PLAYBOOKS); do \
 	  $(BIN)/ansible-playbook -i $(LAB_INVENTORY) --syntax-check "$$playbook" >/dev/null; \
 	done
-	$(BIN)/ruff check tools tests molecule plugins inventories/bench files/python-web-service roles/*/files roles/*/filter_plugins roles/*/library roles/*/action_plugins
+	$(BIN)/ruff check tools tests molecule plugins inventories/bench files/python-web-service roles/*/files roles/*/filter_plugins roles/*/library roles/*/module_utils roles/*/action_plugins
 
 .PHONY: unit
 unit: mirror ## Unit tests: templates under the real `consul validate`, preflight, tools, web service

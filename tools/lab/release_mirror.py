@@ -14,6 +14,12 @@ go.mod carries `replace` directives (Consul, Hydra) cannot be
 `go install`ed, so every build goes through a small wrapper module that
 requires the release and the released versions of its local sub-modules, and
 repeats the release's replacements that point at other modules.
+
+Sites that sign their sums (layout field `signature`: HashiCorp's) get the
+mirror's own signature: a lab signing key is made once with gpg under the
+cache (never in the repository), every such sums file is signed with it, and
+its public half is written to the mirror's root (lab-release-key.asc), the
+key the lab inventories give release_binary instead of HashiCorp's.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -80,6 +87,11 @@ class Release:
     @property
     def sums(self) -> str:
         return self._name("sums")
+
+    @property
+    def signature(self) -> str | None:
+        """The sums file's detached signature, for sites that sign."""
+        return self._name("signature") if "signature" in LAYOUTS[self.layout] else None
 
     @property
     def member(self) -> str:
@@ -262,6 +274,44 @@ def ensure(rel: Release, mirror: Path, build_root: Path, offline: bool) -> str:
     return "built"
 
 
+LAB_KEY_NAME = "consul-platform lab release mirror"
+LAB_KEY_FILE = "lab-release-key.asc"
+
+
+def gpg(home: Path, *args: str, data: bytes | None = None) -> bytes:
+    return subprocess.run(["gpg", "--homedir", str(home), "--batch", "--quiet", *args], input=data,
+                          check=True, capture_output=True).stdout
+
+
+def lab_signing_key(mirror: Path) -> Path:
+    """The lab key's gpg home, made once; its public key in the mirror's root."""
+    home = cache_root() / "signing" / "gnupg"
+    if not home.is_dir():
+        home.mkdir(parents=True, mode=0o700)
+        gpg(home, "--passphrase", "", "--pinentry-mode", "loopback",
+            "--quick-gen-key", LAB_KEY_NAME, "ed25519", "sign", "never")
+    mirror.mkdir(parents=True, exist_ok=True)
+    (mirror / LAB_KEY_FILE).write_bytes(gpg(home, "--armor", "--export", LAB_KEY_NAME))
+    return home
+
+
+def sign_sums(rel: Release, mirror: Path, home: Path) -> str:
+    """Sign the release's sums with the lab key unless that signature is there."""
+    folder = mirror / rel.rel_dir
+    sums, signature = folder / rel.sums, folder / rel.signature
+    keyring = gpg(home, "--export", LAB_KEY_NAME)
+    with tempfile.NamedTemporaryFile(suffix=".gpg") as keys:
+        keys.write(keyring)
+        keys.flush()
+        if signature.is_file() and subprocess.run(
+                ["gpgv", "--keyring", keys.name, str(signature), str(sums)],
+                check=False, capture_output=True).returncode == 0:
+            return "signed"
+    signature.write_bytes(gpg(home, "--detach-sign", "--local-user", LAB_KEY_NAME, "--output", "-",
+                              str(sums)))
+    return "signed now"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -273,9 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     releases = [r for r in load_manifest(upgrade_from=True)
                 if not args.products or r.product in args.products]
+    home = lab_signing_key(args.mirror)
     for rel in releases:
         print(f"{rel.product} {rel.version}: ...", flush=True)
         state = ensure(rel, args.mirror, cache_root() / "build", args.offline)
+        if rel.signature:
+            state += ", " + sign_sums(rel, args.mirror, home)
         print(f"{rel.product} {rel.version}: {state} in {args.mirror / rel.rel_dir}", flush=True)
     return 0
 

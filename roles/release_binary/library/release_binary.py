@@ -57,6 +57,13 @@ options:
     description: Check the TLS certificate of the release site.
     type: bool
     default: true
+  signing_key_file:
+    description:
+      - ASCII-armored OpenPGP public key (a file on the controller) whose signature the release's
+        sums file must carry, checked with gpgv before the sums are trusted. A bare file name is
+        looked up in this role's files/keys (hashicorp.asc is HashiCorp's release key).
+      - Only for layouts whose site signs its sums (hashicorp). Empty: no signature check.
+    type: str
 """
 
 RETURN = r"""
@@ -74,6 +81,7 @@ previous:
   returned: always
 """
 
+import base64
 import hashlib
 import os
 import shutil
@@ -82,6 +90,7 @@ import tempfile
 import zipfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.release_signature import verify_detached
 from ansible.module_utils.urls import open_url
 
 CHUNK = 1 << 20
@@ -171,7 +180,12 @@ def main() -> None:
             "install_root": {"type": "path", "default": "/usr/local/lib/release-binaries"},
             "bin_dir": {"type": "path", "default": "/usr/local/bin"},
             "validate_certs": {"type": "bool", "default": True},
+            # Set by the action plugin: the sums' signature file and the
+            # binary keyring (base64) it must verify with.
+            "signature": {"type": "str"},
+            "keyring": {"type": "str"},
         },
+        required_together=[["signature", "keyring"]],
         required_by={"src": ["sha256"]},
         supports_check_mode=True,
     )
@@ -206,9 +220,20 @@ def main() -> None:
         elif p["url"]:
             base = p["url"].rstrip("/")
             try:
-                sums = fetch(f"{base}/{p['sums']}", p["validate_certs"]).decode("utf-8", "replace")
+                sums_bytes = fetch(f"{base}/{p['sums']}", p["validate_certs"])
             except Exception as err:
                 module.fail_json(msg=f"cannot read the sums file {base}/{p['sums']}: {err}", **result)
+            if p["signature"]:
+                try:
+                    signature = fetch(f"{base}/{p['signature']}", p["validate_certs"])
+                except Exception as err:
+                    module.fail_json(msg=f"cannot read the sums' signature {base}/{p['signature']}: {err}; "
+                                         "nothing was installed", **result)
+                refused = verify_detached(base64.b64decode(p["keyring"]), signature, sums_bytes)
+                if refused:
+                    module.fail_json(msg=f"{p['sums']} does not carry a good signature of the configured "
+                                         f"release key ({refused}); nothing was installed", **result)
+            sums = sums_bytes.decode("utf-8", "replace")
             want = expected_sum(sums, p["archive"])
             if want is None:
                 module.fail_json(msg=f"{p['sums']} has no line for {p['archive']}", **result)
