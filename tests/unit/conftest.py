@@ -113,3 +113,44 @@ def dev_agent_running(consul_bin: Path, folder: Path, config: dict | None = None
     finally:
         agent.terminate()
         agent.wait(timeout=10)
+
+
+def pem_certificate(common_name: str, ca: bool = False, sans: list[str] | None = None) -> tuple[str, str]:
+    """A self-signed EC P-256 certificate and its key, PEM (a CA when ca)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=365))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=ca, crl_sign=ca,
+                                            content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False,
+                                            encipher_only=False, decipher_only=False), critical=True))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]),
+                                        critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption()).decode())
+
+
+def encrypt_vault(path: Path, secrets: dict) -> Path:
+    """Write `secrets` to `path` encrypted with ansible-vault; returns the
+    password file (next to it)."""
+    path.write_text(yaml.safe_dump(secrets), encoding="utf-8")
+    password = path.parent.parent.parent / "vault-password"
+    password.write_text("a test password\n", encoding="utf-8")
+    subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "encrypt", "--vault-password-file",
+                    str(password), str(path)], check=True, capture_output=True, cwd=REPO)
+    assert path.read_text(encoding="utf-8").startswith("$ANSIBLE_VAULT;")
+    return password

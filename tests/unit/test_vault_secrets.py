@@ -5,43 +5,18 @@ configuration."""
 
 from __future__ import annotations
 
-import datetime
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO, ansible_playbook, write_inventory
+from conftest import REPO, ansible_playbook, encrypt_vault, pem_certificate, write_inventory
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 SERVERS = ["vault-server-1", "vault-server-2", "vault-server-3"]
 CLIENTS = ["vault-client-1"]
 GOSSIP_KEY = "q2kMqAiPX4yuJtqG3UJ0YlmHPCs4gb8fFYYnBa/qi5o="
 BOOTSTRAP_TOKEN = "3f0c7a52-9d1e-4b6a-8c2f-5e7d9a1b4c63"
-
-
-def ca_pem() -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Vault test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                              serialization.NoEncryption()).decode())
 
 
 @pytest.fixture(scope="module", params=["production", "staging"])
@@ -52,16 +27,10 @@ def vault_inventory(request, tmp_path_factory) -> tuple[Path, Path, dict]:
     shutil.copytree(REPO / "inventories" / request.param / "group_vars" / "all",
                     folder / "group_vars" / "all")
     write_inventory(folder / "hosts.yml", SERVERS, CLIENTS, {"ansible_connection": "local"})
-    cert, key = ca_pem()
+    cert, key = pem_certificate("Vault test CA", ca=True)
     secrets = {"vault_consul_gossip_key": GOSSIP_KEY, "vault_consul_acl_bootstrap_token": BOOTSTRAP_TOKEN,
                "vault_consul_tls_ca_cert": cert, "vault_consul_tls_ca_key": key}
-    vault = folder / "group_vars" / "all" / "vault.yml"
-    vault.write_text(yaml.safe_dump(secrets), encoding="utf-8")
-    password = folder / "vault-password"
-    password.write_text("a test password\n", encoding="utf-8")
-    subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "encrypt", "--vault-password-file",
-                    str(password), str(vault)], check=True, capture_output=True, cwd=REPO)
-    assert vault.read_text(encoding="utf-8").startswith("$ANSIBLE_VAULT;")
+    password = encrypt_vault(folder / "group_vars" / "all" / "vault.yml", secrets)
     return folder, password, secrets
 
 
