@@ -182,6 +182,34 @@ def run_playbook(name: str, *args: str, inventory: str = INVENTORY) -> subproces
         check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
+def run_in_awx_layout(playbook: str, inventory: str, data: Path, ident: str) -> subprocess.CompletedProcess:
+    """Run a playbook of the repository as AWX / Ansible Automation Platform
+    does: ansible-runner on a private data folder with the repository as
+    `project`, settings in `env/envvars` and none of molecule's settings in
+    the environment, so the project's own ansible.cfg applies (a job template
+    switches its Mitogen strategy off with ANSIBLE_STRATEGY=linear). Returns
+    the runner's process with stdout set to the job's output; `status` is
+    the runner's verdict (successful, failed, ...)."""
+    (data / "env").mkdir(parents=True, exist_ok=True)
+    if not (data / "project").exists():
+        (data / "project").symlink_to(REPO, target_is_directory=True)
+    (data / "env" / "envvars").write_text(json.dumps({"ANSIBLE_NOCOLOR": "1"}), encoding="utf-8")
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("ANSIBLE_", "MOLECULE_", "PYTEST_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-runner"), "run", str(data), "--playbook", playbook,
+         "--inventory", inventory, "--ident", ident],
+        capture_output=True, text=True, check=False, env=env, timeout=1800)
+    artifacts = data / "artifacts" / ident
+
+    def artifact(name: str) -> str:
+        return (artifacts / name).read_text(encoding="utf-8") if (artifacts / name).is_file() else ""
+
+    result.stdout, result.status = artifact("stdout"), artifact("status")
+    return result
+
+
 def record_figures(what: str, **figures: object) -> None:
     """Figures a test measured (retries, refusals, ...) for `make test`'s
     closing summary (tools/checks/test_summary.py reads figures.jsonl)."""

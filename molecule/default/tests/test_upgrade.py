@@ -5,7 +5,11 @@ settings otherwise) starts on the older Consul release the mirror holds
 (files/releases.yml, upgrade_from), then playbooks/upgrade.yml takes it to
 the pinned release while a ledger of KV writes runs through a client agent
 and `/` is requested through the drill's edge all along. No IdP: `/` needs
-no sign-in, and oauth2-proxy only reads the scenario's discovery document."""
+no sign-in, and oauth2-proxy only reads the scenario's discovery document.
+
+The drill's platform is built as AWX / Ansible Automation Platform would
+build it: site.yml through ansible-runner in AWX's project layout
+(conftest.run_in_awx_layout), with the project's own ansible.cfg."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from conftest import (
     KVLedger,
     record_figures,
     restarts_in,
+    run_in_awx_layout,
     run_playbook,
     start_scenario_containers,
 )
@@ -92,8 +97,11 @@ def drill(tmp_path_factory):
 
 def test_upgrade_servers_then_clients_leader_last_with_writes_going_on(drill):
     target = release_mirror.load_manifest()[0].version
-    built = run_playbook("site.yml", inventory=drill["inventory"])
-    assert built.returncode == 0, built.stdout[-3000:]
+    built = run_in_awx_layout("site.yml", drill["inventory"], drill["folder"] / "awx-job", "site-build")
+    assert built.returncode == 0 and built.status == "successful", built.stdout[-3000:] + built.stderr[-2000:]
+    # The project's ansible.cfg was read from `project/`: its Mitogen strategy
+    # draws ansible-core's warning about third-party strategy plugins.
+    assert "third party strategy plugins" in built.stdout + built.stderr
     management = (drill["folder"] / "secrets" / "consul_acl_bootstrap_token").read_text().strip()
     assert {agent_version(h, management) for h in [*SERVERS, *CLIENTS]} == {drill["from"]}
     web_ca = drill["folder"] / "secrets" / "web-ca" / "web-ca.pem"
