@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -34,7 +35,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -49,6 +49,11 @@ MANIFEST = REPO / "files" / "releases.yml"
 # The release sites' file names, shared with the release_binary action.
 LAYOUTS = yaml.safe_load((REPO / "roles" / "release_binary" / "files" / "layouts.yml")
                          .read_text(encoding="utf-8"))
+# The signature check release_binary runs, for the mirror's own signatures.
+_spec = importlib.util.spec_from_file_location(
+    "release_signature", REPO / "roles" / "release_binary" / "module_utils" / "release_signature.py")
+release_signature = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(release_signature)
 # Fixed archive timestamps keep rebuilt archives byte-identical.
 ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
 TAR_EPOCH = 1577836800
@@ -300,13 +305,9 @@ def sign_sums(rel: Release, mirror: Path, home: Path) -> str:
     folder = mirror / rel.rel_dir
     sums, signature = folder / rel.sums, folder / rel.signature
     keyring = gpg(home, "--export", LAB_KEY_NAME)
-    with tempfile.NamedTemporaryFile(suffix=".gpg") as keys:
-        keys.write(keyring)
-        keys.flush()
-        if signature.is_file() and subprocess.run(
-                ["gpgv", "--keyring", keys.name, str(signature), str(sums)],
-                check=False, capture_output=True).returncode == 0:
-            return "signed"
+    if signature.is_file() and release_signature.verify_detached(
+            keyring, signature.read_bytes(), sums.read_bytes()) is None:
+        return "signed"
     signature.write_bytes(gpg(home, "--detach-sign", "--local-user", LAB_KEY_NAME, "--output", "-",
                               str(sums)))
     return "signed now"
