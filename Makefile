@@ -38,13 +38,14 @@ venv: $(BIN)/.installed ## Python venv with the pinned tools (requirements.txt)
 docker: venv ## Make sure a docker engine answers (installs and starts one on Debian as root)
 	$(BIN)/python tools/lab/ensure_docker.py
 
-.PHONY: browser
-browser: venv ## Make sure Debian's chromium and certutil are there (the edge's browser test)
-	$(BIN)/python tools/lab/ensure_browser.py
+.PHONY: test-tools
+test-tools: venv ## Make sure the tests' own tools are there: chromium, certutil, the OpenSSH client
+	$(BIN)/python tools/lab/ensure_test_tools.py
 
 .PHONY: image
-image: docker ## Build the systemd base image with debootstrap (cached by tag)
-	$(BIN)/python tools/lab/build_base_image.py
+image: docker ## Build the systemd base images (Debian 12 and 13) with debootstrap (cached by tag)
+	$(BIN)/python tools/lab/build_base_image.py --suite bookworm
+	$(BIN)/python tools/lab/build_base_image.py --suite trixie
 
 .PHONY: mirror
 mirror: venv ## Fill the local release mirror (download, or build from Go modules)
@@ -73,7 +74,7 @@ bench-scale: image mirror ## 3 servers + 5/10/20 clients beside the lab: converg
 	$(BIN)/python tools/bench/bench_converge.py scale
 
 .PHONY: bench-edge
-bench-edge: lab browser ## The edge: / through nginx vs direct, auth_request cost (docs/bench/edge.*)
+bench-edge: lab test-tools ## The edge: / through nginx vs direct, auth_request cost (docs/bench/edge.*)
 	$(BIN)/python tools/bench/bench_edge.py
 
 .PHONY: bench-propagation
@@ -142,7 +143,7 @@ unit: mirror ## Unit tests: templates under the real `consul validate`, prefligh
 	$(BIN)/pytest tests/unit files/python-web-service/tests --junitxml=$(RESULTS)/unit.xml
 
 .PHONY: molecule
-molecule: image mirror wheelhouse browser ## Molecule: converge, idempotence, testinfra verify, failover
+molecule: image mirror wheelhouse test-tools ## Molecule: converge, idempotence, testinfra verify, failover
 	@# Containers left by an interrupted run (of any checkout) would be reused
 	@# with their old state; molecule only knows its own checkout's.
 	docker ps -aq --filter label=consul-platform.molecule=default | xargs -r docker rm -f

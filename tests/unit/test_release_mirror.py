@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -25,6 +27,33 @@ def test_mirror_from_one_line_sources(tmp_path):
     (tmp_path / "sources.list").write_text(
         "# comment\ndeb [arch=amd64] https://mirror.example/debian bookworm main\n")
     assert build_base_image.apt_mirror(tmp_path) == "https://mirror.example/debian"
+
+
+def test_each_suite_has_a_recipe_and_an_image_of_its_own():
+    assert set(build_base_image.SUITE_PACKAGES) == set(build_base_image.SUITES)
+    digests = {build_base_image.recipe_digest(suite) for suite in build_base_image.SUITES}
+    assert len(digests) == len(build_base_image.SUITES)
+
+
+@pytest.mark.parametrize("unit", ["LINK_DNS_UNIT", "SSH_HOST_KEYS_DROP_IN"])
+def test_the_image_units_pass_systemd_analyze_verify(tmp_path, unit):
+    """The units the trixie image carries, checked by systemd itself (the
+    drop-in as part of a service that starts sshd's test)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    text = getattr(build_base_image, unit)
+    if unit == "SSH_HOST_KEYS_DROP_IN":
+        text = "[Unit]\nDescription=sshd stand-in\n" + text + "ExecStart=/bin/true\n"
+    path = tmp_path / "lab-check.service"
+    # What this controller may lack (resolved, sshd) is swapped for what it has.
+    for missing, present in (("systemd-resolved.service", "sysinit.target"),
+                             ("/usr/bin/ssh-keygen", "/bin/true"), ("/usr/sbin/sshd", "/bin/true")):
+        text = text.replace(missing, present)
+    path.write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)],
+                            capture_output=True, text=True, check=False)
+    problems = [line for line in result.stderr.splitlines() if "lab-check.service" in line]
+    assert result.returncode == 0 and not problems, result.stderr
 
 
 def test_local_replaces_become_requirements():

@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-DEFAULT_TAG = "consul-platform/debian-systemd:bookworm"
-SUITE = "bookworm"
+TAG_PREFIX = "consul-platform/debian-systemd"
+SUITES = ("bookworm", "trixie")
 # python3-apt: Ansible's apt module would otherwise install it on first use;
 # sudo: `become` needs it.
 PACKAGES = [
@@ -35,6 +35,43 @@ PACKAGES = [
     "curl",
     "unzip",
 ]
+# Debian 13 is built the way its cloud images come: systemd-resolved with its
+# NSS module (the consul_resolver role's resolved path) and sshd (the hosts
+# the SSH drill reaches as an unprivileged user with sudo).
+SUITE_PACKAGES = {
+    "bookworm": [],
+    "trixie": ["systemd-resolved", "libnss-resolve", "openssh-server"],
+}
+# Host keys are made per container at sshd's first start, never baked into
+# the image (every container would share them).
+SSH_HOST_KEYS_DROP_IN = """[Service]
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+"""
+# On a real Debian 13 host with systemd-resolved, the network manager
+# (networkd, NetworkManager) gives resolved the upstream servers per link and
+# /etc/resolv.conf points at resolved's stub. Docker instead writes its own
+# resolv.conf (a bind mount, rewritable only in place). This unit does at
+# boot what the network manager would: docker's nameservers become eth0's,
+# as the default route, and resolv.conf the stub's.
+LINK_DNS_UNIT = """[Unit]
+Description=Hand docker's nameservers to systemd-resolved as eth0's (stands in for networkd)
+Requires=systemd-resolved.service
+After=systemd-resolved.service
+Before=network-online.target nss-lookup.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -euc 'servers=$$(sed -n "s/^nameserver[[:space:]]*//p" /etc/resolv.conf \
+  | grep -vx 127.0.0.53 || true); \
+  [ -z "$$servers" ] || resolvectl dns eth0 $$servers; resolvectl default-route eth0 yes; \
+  printf "nameserver 127.0.0.53\\noptions edns0 trust-ad\\n" > /etc/resolv.conf'
+
+[Install]
+WantedBy=multi-user.target
+"""
 
 
 def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
@@ -76,9 +113,9 @@ def _uris(text: str, deb822: bool) -> list[str]:
 RECIPE_LABEL = "org.consul-platform.recipe"
 
 
-def recipe_digest() -> str:
-    """This file's digest: an image built by another version of it is rebuilt."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+def recipe_digest(suite: str) -> str:
+    """This file's digest with the suite: an image built by another version of it is rebuilt."""
+    return hashlib.sha256(Path(__file__).read_bytes() + suite.encode()).hexdigest()[:16]
 
 
 def image_recipe(tag: str) -> str | None:
@@ -100,14 +137,15 @@ def install_debootstrap() -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def build(tag: str, mirror: str) -> None:
+def build(tag: str, suite: str, mirror: str) -> None:
     if shutil.which("debootstrap") is None:
         install_debootstrap()
     with tempfile.TemporaryDirectory(prefix="consul-platform-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-             SUITE, str(rootfs), mirror],
+            ["debootstrap", "--variant=minbase",
+             f"--include={','.join(PACKAGES + SUITE_PACKAGES[suite])}",
+             suite, str(rootfs), mirror],
             check=True, stdout=subprocess.DEVNULL)
         # apt's binary caches, as on any host that has run apt: without them
         # every container builds its own (~0.5 s of CPU and 70 MB written
@@ -120,10 +158,21 @@ def build(tag: str, mirror: str) -> None:
             link = rootfs / "etc/systemd/system" / unit
             link.unlink(missing_ok=True)
             link.symlink_to("/dev/null")
+        for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+            key.unlink()
+        if (rootfs / "usr/lib/systemd/systemd-resolved").exists():
+            (rootfs / "etc/systemd/system/lab-link-dns.service").write_text(LINK_DNS_UNIT)
+            wants = rootfs / "etc/systemd/system/multi-user.target.wants"
+            wants.mkdir(parents=True, exist_ok=True)
+            (wants / "lab-link-dns.service").symlink_to("/etc/systemd/system/lab-link-dns.service")
+        if (rootfs / "usr/sbin/sshd").exists():
+            drop_in = rootfs / "etc/systemd/system/ssh.service.d"
+            drop_in.mkdir(parents=True, exist_ok=True)
+            (drop_in / "host-keys.conf").write_text(SSH_HOST_KEYS_DROP_IN)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."],
                                stdout=subprocess.PIPE)
         subprocess.run(["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]',
-                        "-c", f"LABEL {RECIPE_LABEL}={recipe_digest()}",
+                        "-c", f"LABEL {RECIPE_LABEL}={recipe_digest(suite)}",
                         "-", tag], stdin=tar.stdout, check=True,
                        stdout=subprocess.DEVNULL)
         if tar.wait() != 0:
@@ -132,19 +181,21 @@ def build(tag: str, mirror: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tag", default=DEFAULT_TAG)
+    parser.add_argument("--suite", choices=SUITES, default=SUITES[0])
+    parser.add_argument("--tag", help=f"image tag (default: {TAG_PREFIX}:<suite>)")
     parser.add_argument("--mirror", help="Debian mirror (default: from apt sources)")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
+    args.tag = args.tag or f"{TAG_PREFIX}:{args.suite}"
     found = image_recipe(args.tag)
-    if found == recipe_digest() and not args.force:
+    if found == recipe_digest(args.suite) and not args.force:
         print(f"base image {args.tag}: cached")
         return 0
     if found is not None:
         print(f"base image {args.tag}: built by another recipe ({found or 'unlabelled'}), rebuilding")
     mirror = args.mirror or apt_mirror()
-    print(f"base image {args.tag}: debootstrap {SUITE} from {mirror} ...", flush=True)
-    build(args.tag, mirror)
+    print(f"base image {args.tag}: debootstrap {args.suite} from {mirror} ...", flush=True)
+    build(args.tag, args.suite, mirror)
     print(f"base image {args.tag}: built")
     return 0
 

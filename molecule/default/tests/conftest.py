@@ -33,6 +33,8 @@ ANSIBLE_LOG = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.log"
 REPO = Path(__file__).resolve().parents[3]
 # The lab CA that signs the edge's web certificate.
 CA = SECRETS / "web-ca" / "web-ca.pem"
+# Debian 13 as tools/lab/build_base_image.py builds it (systemd-resolved, sshd).
+TRIXIE_IMAGE = "consul-platform/debian-systemd:trixie"
 
 sys.path.insert(0, str(REPO / "tools" / "bench" / "probes"))
 from keepalive import SteadyGets  # noqa: E402
@@ -238,9 +240,9 @@ def autopilot_healthy(host) -> bool:
     return status == 200 and len(json.loads(body)["Servers"]) == 3
 
 
-def _docker_run_args(name: str) -> list[str]:
+def _docker_run_args(name: str, image: str | None = None, hosts: dict[str, str] | None = None) -> list[str]:
     """`docker run` for a container like the scenario's own, from the
-    platform settings in molecule.yml."""
+    platform settings in molecule.yml (another image, /etc/hosts entries if given)."""
     text = (REPO / "molecule" / "default" / "molecule.yml").read_text(encoding="utf-8")
     text = text.replace("${LAB_CGROUP_MOUNT:-ro}", os.environ.get("LAB_CGROUP_MOUNT", "ro"))
     host = yaml.safe_load(text)["driver"]["systemd_host"]
@@ -253,20 +255,68 @@ def _docker_run_args(name: str) -> list[str]:
     args += [f"--tmpfs={t}" for t in host["tmpfs"]]
     args += [f"--env={k}={v}" for k, v in host["env"].items()]
     args += [f"--network={n['name']}" for n in host["docker_networks"]]
-    return [*args, host["image"], host["command"]]
+    args += [f"--add-host={hostname}:{address}" for hostname, address in (hosts or {}).items()]
+    return [*args, image or host["image"], host["command"]]
 
 
-def start_scenario_containers(names: list[str]) -> None:
+def start_scenario_containers(names: list[str], image: str | None = None,
+                              hosts: dict[str, str] | None = None) -> None:
     """Fresh containers like the scenario's (spares, or lost hosts rebuilt),
     booted: whatever had these names is removed first."""
     subprocess.run(["docker", "rm", "-f", *names], capture_output=True, check=False)
     for key in [k for k in _HEADER_FILES if k[0] in names]:
         del _HEADER_FILES[key]  # a new container has none of the old one's files
     for name in names:
-        subprocess.run(_docker_run_args(name), check=True, capture_output=True, text=True)
+        subprocess.run(_docker_run_args(name, image, hosts), check=True, capture_output=True, text=True)
     for name in names:
         subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
                        capture_output=True, check=False, timeout=120)
+
+
+def container_address(container: str) -> str:
+    template = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    return subprocess.run(["docker", "inspect", "-f", template, container],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+_FIRST_BOOT = """set -eu
+useradd --create-home --shell /bin/bash "$1"
+install -d -m 0700 -o "$1" -g "$1" "/home/$1/.ssh"
+cat > "/home/$1/.ssh/authorized_keys"
+chown "$1:$1" "/home/$1/.ssh/authorized_keys"
+chmod 0600 "/home/$1/.ssh/authorized_keys"
+echo "$1 ALL=(ALL) NOPASSWD:ALL" > "/etc/sudoers.d/$1"
+chmod 0440 "/etc/sudoers.d/$1"
+visudo -cq
+"""
+
+
+def provision_ssh_access(names: list[str], folder: Path, user: str = "deploy") -> dict[str, dict]:
+    """What a cloud image's first boot does for an operator, on containers
+    started with sshd: an account `user` with password-less sudo that
+    accepts a key pair made for this run only (under `folder`, never kept).
+    The controller learns each host's own host key out of band (through
+    docker) into a known_hosts file, so SSH checks host keys strictly.
+    Returns the inventory's connection variables per host."""
+    key = folder / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{user}@drill", "-f", str(key)],
+                   check=True, capture_output=True)
+    known_hosts, hostvars = [], {}
+    for name in names:
+        subprocess.run(["docker", "exec", "-i", name, "sh", "-c", _FIRST_BOOT, "first-boot", user],
+                       input=(folder / "id_ed25519.pub").read_text(), text=True, check=True,
+                       capture_output=True)
+        address = container_address(name)
+        host_key = wait_for(lambda n=name: subprocess.run(
+            ["docker", "exec", n, "cat", "/etc/ssh/ssh_host_ed25519_key.pub"],
+            capture_output=True, text=True, check=False).stdout.strip(), 60, f"{name}'s SSH host key")
+        known_hosts.append(f"{address} {' '.join(host_key.split()[:2])}")
+        hostvars[name] = {"ansible_host": address}
+    (folder / "known_hosts").write_text("\n".join(known_hosts) + "\n", encoding="utf-8")
+    common = {"ansible_connection": "ssh", "ansible_user": user, "ansible_ssh_private_key_file": str(key),
+              "ansible_ssh_common_args": f"-o UserKnownHostsFile={folder / 'known_hosts'} "
+                                         "-o StrictHostKeyChecking=yes"}
+    return {name: {**common, **hostvars[name]} for name in names}
 
 
 def restarts_in(output: str) -> list[tuple[str, str]]:
