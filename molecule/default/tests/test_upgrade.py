@@ -230,3 +230,26 @@ def test_consul_names_resolve_through_systemd_resolved_on_trixie(drill, node):
     assert mirror_host, "no Debian mirror in the host's apt sources"
     name = mirror_host[1] or mirror_host[2]
     assert on(node, f"getent ahostsv4 {name}").stdout.strip(), f"{name} no longer resolves"
+
+
+def test_resolved_with_a_global_upstream_stops_the_resolver_role_before_it_writes(drill):
+    """A host whose resolved has a DNS= of its own (global scope) would lose
+    either the Consul names or every other one: the role refuses it by name
+    and leaves the host's resolver as it was."""
+    node = APPS[1]
+    ours = "/etc/systemd/resolved.conf.d/consul.conf"
+    before = on(node, f"sha256sum {ours}").stdout
+    assert on(node, "printf '[Resolve]\\nDNS=192.0.2.53\\n' > /etc/systemd/resolved.conf.d/corp.conf"
+                    " && systemctl restart systemd-resolved").returncode == 0
+    try:
+        refused = run_playbook("site.yml", "--tags", "consul_resolver", "--limit", node,
+                               inventory=drill["inventory"])
+    finally:
+        on(node, "rm -f /etc/systemd/resolved.conf.d/corp.conf && systemctl restart systemd-resolved")
+    # The failure goes to stderr; a long message may be wrapped.
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode != 0
+    assert "has global upstream servers (192.0.2.53:" in said, said[-3000:]
+    assert "consul_resolver_method: dnsmasq" in said
+    assert changed_per_host(refused.stdout) == {node: 0}
+    assert on(node, f"sha256sum {ours}").stdout == before
