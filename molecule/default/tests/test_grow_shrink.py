@@ -145,7 +145,18 @@ def test_grow_to_five_servers_and_back_to_three(servers, clients, spares, base_u
     def spares_gone() -> bool:
         return not {m["Name"] for m in consul_api(servers[0], "agent/members")} & set(SPARES)
 
-    wait_for(spares_gone, timeout=60, what="the retired servers to leave server-1's member list")
+    try:
+        wait_for(spares_gone, timeout=60, what="the retired servers to leave server-1's member list")
+    except AssertionError as timed_out:
+        # What each server holds about the spares, and serf's own words.
+        held = {s.backend.host: {m["Name"]: m["Status"] for m in consul_api(s, "agent/members")
+                                 if m["Name"] in SPARES} for s in servers}
+        spares_pattern = "|".join(SPARES)
+        said = [line for s in servers for line in s.run(
+            f"journalctl -u consul --no-pager -o short-precise --since '{started}' "
+            f"| grep -E 'serf|force|prune|Reap|member' | grep -E '{spares_pattern}' | tail -n 30"
+        ).stdout.splitlines()]
+        raise AssertionError(f"{timed_out}; members (status 3 = left): {held}; journal: {said}") from None
 
     back = run_playbook("consul.yml")
     assert back.returncode == 0, back.stdout[-3000:]
