@@ -25,6 +25,7 @@ from conftest import (
     REPO,
     EdgeLoad,
     KVLedger,
+    container_address,
     record_figures,
     restarts_in,
     run_in_awx_layout,
@@ -59,12 +60,6 @@ def scenario_settings() -> dict:
     return yaml.safe_load(os.path.expandvars(text))["provisioner"]["inventory"]["group_vars"]["all"]
 
 
-def address_of(container: str) -> str:
-    template = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
-    return subprocess.run(["docker", "inspect", "-f", template, container],
-                          capture_output=True, text=True, check=True).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def drill(tmp_path_factory):
     older = release_mirror.upgrade_from("consul")
@@ -90,7 +85,7 @@ def drill(tmp_path_factory):
                      "edge": {"hosts": {EDGE: None}}}}}))
     try:
         yield {"inventory": str(inventory), "folder": folder, "from": older[0], "edge_url": edge_url,
-               "edge_address": address_of(EDGE)}
+               "edge_address": container_address(EDGE)}
     finally:
         subprocess.run(["docker", "rm", "-f", *SERVERS, *CLIENTS], capture_output=True, check=False)
 
