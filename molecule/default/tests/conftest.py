@@ -343,6 +343,8 @@ class KVLedger:
         self.container, self.token, self.prefix = container, token, prefix
         self.acknowledged: list[int] = []
         self.failed: list[str] = []
+        # When each failure was answered (epoch seconds), in step with `failed`.
+        self.failed_at: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -371,6 +373,7 @@ class KVLedger:
                 self.acknowledged.append(n)
             else:
                 self.failed.append(line)
+                self.failed_at.append(time.time())
             time.sleep(0.05)
         proc.stdin.close()
         proc.wait(timeout=10)
