@@ -56,12 +56,15 @@ def stopped_in_preflight(result, expected: list[str]) -> str:
     ({"consul_snapshot_state_dir_name": "../etc"}, ["consul_snapshot_state_dir_name", "no slash"]),
     ({"consul_snapshot_state_dir_name": "snaps\nUser=root"}, ["consul_snapshot_state_dir_name", "no slash"]),
     ({"consul_snapshot_user": "root\nGroup=root"}, ["consul_snapshot_user", "system user"]),
+    ({"consul_acl_binding_rules": [{"name": "admins", "auth_method": "idp", "selector": '"a" in list.groups',
+                                    "bind_name": "ui-operator"}]},
+     ["consul_acl_binding_rules", "'admins' names auth method 'idp'", "binds role 'ui-operator'"]),
 ], ids=["version-latest", "version-with-v", "datacenter", "install-method",
         "autopilot-threshold", "autopilot-stabilization-no-unit", "autopilot-trailing-negative",
         "snapshot-calendar-newline", "snapshot-calendar-empty", "snapshot-calendar-final-newline",
         "snapshot-daily-final-newline", "snapshot-user-final-newline", "snapshot-keep-zero",
         "snapshot-keep-with-flag", "snapshot-daily-negative", "snapshot-dir-dotdot",
-        "snapshot-dir-newline", "snapshot-user-newline"])
+        "snapshot-dir-newline", "snapshot-user-newline", "binding-rule-names-nothing"])
 def test_bad_variable_is_named_with_its_fix(tmp_path, host_vars, expected):
     stopped_in_preflight(run_site(tmp_path, host_vars=host_vars), expected)
 

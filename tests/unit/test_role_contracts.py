@@ -252,3 +252,35 @@ def test_agent_tokens_of_nodes_that_left_the_inventory_are_stale_and_no_other():
     stale = acl.consul_acl_stale_agent_tokens(current, ["s-1", "s-2", "s-3"], "dc1", namespace)
     assert stale == sorted(agent(n)["AccessorID"] for n in ("s-4", "s-5", "c-9"))
     assert acl.consul_acl_stale_agent_tokens([], ["s-1"], "dc1", namespace) == []
+
+
+SIGN_IN_METHODS = [{"name": "idp", "type": "jwt", "max_token_ttl": "8h", "config": {}}]
+SIGN_IN_ROLES = [{"name": "ui-operator", "policies": ["ui-operator"]},
+                 {"name": "ui-read-only", "policies": ["ui-read-only"]}]
+SIGN_IN_RULES = [{"name": "admins", "auth_method": "idp", "selector": '"a" in list.groups',
+                  "bind_name": "ui-operator"},
+                 {"name": "readers", "auth_method": "idp", "selector": '"r" in list.groups',
+                  "bind_name": "ui-read-only"}]
+
+
+@pytest.mark.parametrize(("rules", "roles", "methods", "expected"), [
+    (SIGN_IN_RULES, SIGN_IN_ROLES, SIGN_IN_METHODS, []),
+    ([], [], [], []),
+    ([{**SIGN_IN_RULES[0], "auth_method": "idq"}], SIGN_IN_ROLES, SIGN_IN_METHODS,
+     ["consul_acl_binding_rules: rule 'admins' names auth method 'idq', which consul_acl_auth_methods "
+      "does not declare"]),
+    ([{**SIGN_IN_RULES[0], "bind_name": "root"}], SIGN_IN_ROLES, SIGN_IN_METHODS,
+     ["consul_acl_binding_rules: rule 'admins' binds role 'root', which consul_acl_roles does not declare"]),
+    ([*SIGN_IN_RULES, SIGN_IN_RULES[0]], SIGN_IN_ROLES, SIGN_IN_METHODS,
+     ["consul_acl_binding_rules declares 'admins' twice"]),
+    (SIGN_IN_RULES, [*SIGN_IN_ROLES, SIGN_IN_ROLES[0]], [*SIGN_IN_METHODS, *SIGN_IN_METHODS],
+     ["consul_acl_roles declares 'ui-operator' twice", "consul_acl_auth_methods declares 'idp' twice"]),
+    # A rule with neither a known method nor a known role: both named.
+    ([{"name": "x", "auth_method": None, "bind_name": None}], [], [],
+     ["consul_acl_binding_rules: rule 'x' names auth method 'None', which consul_acl_auth_methods "
+      "does not declare",
+      "consul_acl_binding_rules: rule 'x' binds role 'None', which consul_acl_roles does not declare"]),
+], ids=["good", "none", "unknown-method", "unknown-role", "duplicate-rule", "duplicate-role-and-method",
+        "nothing-known"])
+def test_sign_in_data_that_names_what_does_not_exist_is_named(rules, roles, methods, expected):
+    assert acl.consul_acl_login_problems(rules, roles, methods) == expected

@@ -207,6 +207,51 @@ def consul_acl_stale_agent_tokens(current: list[dict[str, Any]], nodes: list[str
     return sorted(set(stale))
 
 
+def consul_acl_login_problems(binding_rules: list[dict[str, Any]], roles: list[dict[str, Any]],
+                              auth_methods: list[dict[str, Any]]) -> list[str]:
+    """What is wrong with the sign-in data, one sentence per problem naming
+    the variable: duplicate names, a binding rule naming an unknown auth
+    method or role. (A role's policies may come from a consumer's contract,
+    which the preflight does not see: Consul refuses an unknown one when the
+    role is written.)"""
+    problems: list[str] = []
+    for variable, entries in (("consul_acl_roles", roles), ("consul_acl_auth_methods", auth_methods),
+                              ("consul_acl_binding_rules", binding_rules)):
+        names = [entry.get("name") for entry in entries or []]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"{variable} declares '{name}' twice")
+    method_names = {method.get("name") for method in auth_methods or []}
+    role_names = {role.get("name") for role in roles or []}
+    for rule in binding_rules or []:
+        if rule.get("auth_method") not in method_names:
+            problems.append(f"consul_acl_binding_rules: rule '{rule.get('name')}' names auth method "
+                            f"'{rule.get('auth_method')}', which consul_acl_auth_methods does not declare")
+        if rule.get("bind_name") not in role_names:
+            problems.append(f"consul_acl_binding_rules: rule '{rule.get('name')}' binds role "
+                            f"'{rule.get('bind_name')}', which consul_acl_roles does not declare")
+    return problems
+
+
+def consul_acl_with_discovery_ca(auth_methods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each method with oidc_discovery_ca_file gets that controller file's PEM
+    as config OIDCDiscoveryCACert (read when the method is written, so the CA
+    may be made earlier in the same run)."""
+    result = []
+    for declared in auth_methods or []:
+        method = dict(declared)
+        ca_file = method.pop("oidc_discovery_ca_file", None)
+        if ca_file:
+            try:
+                pem = Path(ca_file).read_text(encoding="utf-8")
+            except OSError as error:
+                raise AnsibleFilterError(
+                    f"consul_acl_auth_methods: '{method.get('name')}': oidc_discovery_ca_file {ca_file} "
+                    f"cannot be read ({error.strerror})") from error
+            method["config"] = {**(method.get("config") or {}), "OIDCDiscoveryCACert": pem.strip() + "\n"}
+        result.append(method)
+    return result
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -217,4 +262,6 @@ class FilterModule:
             "consul_acl_api_tokens": consul_acl_api_tokens,
             "consul_acl_tokens_to_write": consul_acl_tokens_to_write,
             "consul_acl_stale_agent_tokens": consul_acl_stale_agent_tokens,
+            "consul_acl_login_problems": consul_acl_login_problems,
+            "consul_acl_with_discovery_ca": consul_acl_with_discovery_ca,
         }

@@ -1,0 +1,291 @@
+"""Per-person Consul tokens (issue 13), first part: the JWT auth method that
+trusts the scenario's OpenID Connect provider (Ory Hydra), its roles and
+binding rules (roles/consul_acl, entry point login), tested against Consul
+directly with real ID tokens.
+
+An ID token is obtained as the edge obtains it: a real browser signs in at
+Hydra for the edge's client, the redirect back to the edge is caught before
+it leaves the browser, and the code is exchanged at Hydra's token endpoint
+with the edge's client secret. Every token and JWT goes to Consul on stdin,
+never on a command line.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+from conftest import CA, RUNNER, _PinnedHTTPSConnection, group, secret
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "lab"))
+from lab_browser import trusted_browser
+
+SETTINGS = RUNNER.get_variables(group("consul_servers")[0])
+SERVER = SETTINGS.get("ansible_host", group("consul_servers")[0])
+# The inventory's method by name; its settings as Consul holds them (the
+# inventory's are templates).
+METHOD_NAME = SETTINGS["consul_acl_auth_methods"][0]["name"]
+CALLBACK = f"{SETTINGS['edge_public_url']}/oauth2/callback"
+# A method of the test's own with a key of its own: tokens it signs carry a
+# valid signature, so Consul's checks of expiry, issuer and audience are
+# what refuses them.
+TEST_METHOD = "sign-in-test-keys"
+
+
+def consul(path: str, method: str = "GET", body: str | None = None, token: str = "") -> tuple[int, str]:
+    """Consul's HTTP API on a server; the token and the body go in on stdin."""
+    script = ('read -r t; exec curl -sS -w "\\n%{http_code}" -X "$1" -H "X-Consul-Token: $t" '
+              + ('--data-binary @- ' if body is not None else '') + '"http://127.0.0.1:8500/v1/$2"')
+    done = subprocess.run(["docker", "exec", "-i", SERVER, "sh", "-c", script, "sh", method, path],
+                          input=f"{token}\n{body or ''}", capture_output=True, text=True, timeout=60,
+                          check=True)
+    text, _, status = done.stdout.rpartition("\n")
+    return int(status), text
+
+
+def management() -> str:
+    return secret("consul_acl_bootstrap_token")
+
+
+def login(jwt: str, method: str = METHOD_NAME, person: str = "test") -> tuple[int, dict | str]:
+    status, text = consul("acl/login", "POST", json.dumps(
+        {"AuthMethod": method, "BearerToken": jwt, "Meta": {"person": person}}))
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+def logout(secret_id: str) -> int:
+    return consul("acl/logout", "POST", "", token=secret_id)[0]
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign(claims: dict, key: rsa.RSAPrivateKey, kid: str = "test") -> str:
+    header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": kid}).encode())
+    payload = b64url(json.dumps(claims).encode())
+    signature = key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{header}.{payload}.{b64url(signature)}"
+
+
+def exchange_code(config: dict, code: str) -> dict:
+    """The code at Hydra's token endpoint, with the edge's client secret."""
+    parts = urlsplit(config["OIDCDiscoveryURL"])
+    connection = _PinnedHTTPSConnection(parts.hostname, parts.port, "127.0.0.1",
+                                        context=ssl.create_default_context(cafile=str(CA)), timeout=15)
+    form = urlencode({"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK,
+                      "client_id": config["BoundAudiences"][0],
+                      "client_secret": secret("oidc/consul-edge.client-secret")})
+    connection.request("POST", "/oauth2/token", body=form,
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    assert response.status == 200, answer
+    return answer
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    """The sign-in auth method's config as Consul holds it."""
+    status, text = consul(f"acl/auth-method/{METHOD_NAME}", token=management())
+    assert status == 200, text
+    method = json.loads(text)
+    assert method["Type"] == "jwt" and method["MaxTokenTTL"] == "8h0m0s", method
+    return method["Config"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with trusted_browser(CA) as chromium:
+        yield chromium
+
+
+@pytest.fixture(scope="module")
+def id_token(browser, config):
+    """id_token(user): a fresh ID token of that user for the edge's client."""
+    def fetch(user: str) -> str:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{config['OIDCDiscoveryURL']}/oauth2/auth?" + urlencode({
+            "client_id": config["BoundAudiences"][0], "response_type": "code",
+            "scope": "openid email profile", "redirect_uri": CALLBACK,
+            "state": uuid.uuid4().hex, "nonce": uuid.uuid4().hex}))
+        page.fill("#username", user)
+        page.fill("#password", secret(f"lab_idp/users/{user}"))
+        page.click("#submit")
+        # Playwright routes no redirected request, so the redirect back to the
+        # edge is read from the page's URL. The edge refuses it (no sign-in of
+        # its own was started: its CSRF check fails before it redeems a code).
+        caught = []
+        for _ in range(40):
+            if page.url.startswith(CALLBACK):
+                caught.append(page.url)
+                break
+            page.wait_for_timeout(500)
+        where = page.url
+        context.close()
+        assert caught, f"no redirect back to the edge for {user} within 20 s; the page is at {where}"
+        code = parse_qs(urlsplit(caught[0]).query)["code"][0]
+        return exchange_code(config, code)["id_token"]
+
+    return fetch
+
+
+@pytest.fixture(scope="module")
+def test_key(config):
+    """A key of the test's own and an auth method that trusts it, bound like the real one."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    own = {k: v for k, v in config.items() if not k.startswith("OIDCDiscovery")}
+    own["JWTValidationPubKeys"] = [public]
+    status, text = consul(f"acl/auth-method/{TEST_METHOD}", "PUT", json.dumps(
+        {"Name": TEST_METHOD, "Type": "jwt", "MaxTokenTTL": "5m", "Config": own}), token=management())
+    assert status == 200, text
+    status, text = consul("acl/binding-rule", "PUT", json.dumps(
+        {"AuthMethod": TEST_METHOD, "BindType": "role", "BindName": "ui-read-only",
+         "Selector": '"consul-readers" in list.groups'}), token=management())
+    assert status == 200, text
+    yield key
+    # Deleting the method deletes its binding rules and every token it made.
+    consul(f"acl/auth-method/{TEST_METHOD}", "DELETE", token=management())
+
+
+def claims(config: dict, **changes) -> dict:
+    now = int(time.time())
+    base = {"iss": config["BoundIssuer"], "aud": list(config["BoundAudiences"]), "sub": "reader",
+            "preferred_username": "reader", "groups": ["consul-readers"],
+            "iat": now, "nbf": now - 5, "exp": now + 300}
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def moment(text: str) -> datetime:
+    """Consul's RFC 3339 time (nanoseconds, Z) as a datetime."""
+    match = re.fullmatch(r"(.+?)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    fraction = (match[2] or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{match[1]}.{fraction}{'+00:00' if match[3] == 'Z' else match[3]}")
+
+
+def token_of(secret_id: str) -> dict:
+    status, text = consul("acl/token/self", token=secret_id)
+    assert status == 200, text
+    return json.loads(text)
+
+
+def test_each_person_gets_an_own_short_lived_token_with_the_roles_of_their_groups(id_token):
+    made = []
+    try:
+        first, second, reader = (login(id_token(user), person=user) for user in ("admin", "admin", "reader"))
+        for status, answer in (first, second, reader):
+            assert status == 200, answer
+            made.append(answer["SecretID"])
+        # Two sign-ins of one person: two tokens.
+        assert first[1]["AccessorID"] != second[1]["AccessorID"]
+        for (_, answer), role, person in ((first, "ui-operator", "admin"),
+                                          (reader, "ui-read-only", "reader")):
+            held = token_of(answer["SecretID"])
+            assert [r["Name"] for r in held["Roles"]] == [role]
+            assert held["AuthMethod"] == METHOD_NAME and held["Local"] is True
+            assert person in held["Description"]
+            # It expires after the auth method's max_token_ttl (8 h), not later.
+            lifetime = moment(held["ExpirationTime"]) - moment(held["CreateTime"])
+            assert lifetime.total_seconds() == 8 * 3600, held
+        # The reader's token reads KV but cannot write it.
+        assert consul("kv/sign-in-test", "PUT", "x", token=reader[1]["SecretID"])[0] == 403
+    finally:
+        for secret_id in made:
+            logout(secret_id)
+
+
+def test_logout_makes_the_token_invalid_at_once(id_token):
+    status, answer = login(id_token("admin"), person="admin")
+    assert status == 200, answer
+    assert consul("acl/token/self", token=answer["SecretID"])[0] == 200
+    assert logout(answer["SecretID"]) == 200
+    status, text = consul("acl/token/self", token=answer["SecretID"])
+    assert status == 403 and "ACL not found" in text
+
+
+def test_a_person_in_no_bound_group_gets_no_token(id_token):
+    status, answer = login(id_token("outsider"), person="outsider")
+    assert status == 403, answer
+
+
+def forgeries(real: str) -> dict[str, str]:
+    """The real ID token of `reader`, tampered with in the ways an attacker would."""
+    header, payload, signature = real.split(".")
+    raised = json.loads(unb64url(payload))
+    raised["groups"] = ["consul-admins"]
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    kid = json.loads(unb64url(header)).get("kid", "")
+    none_header = b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    hs_header = b64url(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+    return {
+        "groups raised, signature kept": f"{header}.{b64url(json.dumps(raised).encode())}.{signature}",
+        "re-signed with another key under Hydra's key ID": sign(raised, other_key, kid),
+        "alg none": f"{none_header}.{b64url(json.dumps(raised).encode())}.",
+        "HS256 header on Hydra's signature": f"{hs_header}.{payload}.{signature}",
+        "signature cut": f"{header}.{payload}.",
+        "signature of another token": f"{header}.{b64url(json.dumps(raised).encode())}.{signature[::-1]}",
+        "two dots only": "..",
+        "empty": "",
+        "NUL inside": real[:20] + "\x00" + real[20:],
+        "percent-encoded": real.replace(".", "%2E"),
+        "oversize (1 MiB payload)": f"{header}.{b64url(b'{' + b' ' * (1 << 20) + b'}')}.{signature}",
+    }
+
+
+def test_forged_or_mangled_id_tokens_are_refused(id_token):
+    real = id_token("reader")
+    status, answer = login(real, person="reader")
+    assert status == 200, answer  # the control: the untouched token is accepted
+    logout(answer["SecretID"])
+    accepted = {}
+    for case, jwt in forgeries(real).items():
+        status, answer = login(jwt)
+        if status == 200:
+            accepted[case] = answer
+            logout(answer["SecretID"])
+        else:
+            assert isinstance(answer, str) and status in (400, 403, 500), (case, status, answer)
+    assert accepted == {}
+
+
+@pytest.mark.parametrize("case", ["expired", "not valid yet", "another issuer",
+                                  "the issuer with a trailing slash", "another audience", "no audience"])
+def test_validly_signed_but_expired_foreign_or_misaddressed_tokens_are_refused(config, test_key, case):
+    now = int(time.time())
+    changes = {
+        "expired": {"exp": now - 120, "nbf": now - 600, "iat": now - 600},
+        "not valid yet": {"nbf": now + 600},
+        "another issuer": {"iss": "https://idp.example.invalid"},
+        "the issuer with a trailing slash": {"iss": config["BoundIssuer"] + "/"},
+        "another audience": {"aud": ["some-other-client"]},
+        "no audience": {"aud": None},
+    }[case]
+    # The control: the same claims unchanged are accepted by the test's method.
+    status, answer = login(sign(claims(config), test_key), TEST_METHOD)
+    assert status == 200, answer
+    logout(answer["SecretID"])
+    status, answer = login(sign(claims(config, **changes), test_key), TEST_METHOD)
+    assert status != 200, (case, answer)
