@@ -165,6 +165,9 @@ def plan(consul: Consul, roles: list, methods: list, rules: list) -> tuple[list,
         if have is not None:
             existing.add(method["name"])
             before["auth_methods"][method["name"]] = held_method(have)
+            if seconds(have.get("MaxTokenTTL")) == seconds(want["MaxTokenTTL"]):
+                # The same duration in Consul's spelling: no change in the diff.
+                want["MaxTokenTTL"] = have["MaxTokenTTL"]
             if have["Type"] != want["Type"]:
                 raise ConsulError(f"auth method {method['name']} is of type {have['Type']} in Consul and "
                                   f"{want['Type']} in the inventory; Consul cannot change a method's type: "
