@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from conftest import CA, RUNNER, _PinnedHTTPSConnection, group, secret
+from conftest import CA, RUNNER, _PinnedHTTPSConnection, group, run_playbook, secret
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -289,3 +289,35 @@ def test_validly_signed_but_expired_foreign_or_misaddressed_tokens_are_refused(c
     logout(answer["SecretID"])
     status, answer = login(sign(claims(config, **changes), test_key), TEST_METHOD)
     assert status != 200, (case, answer)
+
+
+def rules_of(method: str) -> list[dict]:
+    status, text = consul(f"acl/binding-rules?authmethod={method}", token=management())
+    assert status == 200, text
+    return json.loads(text)
+
+
+def test_a_binding_rule_nobody_declared_is_shown_by_check_mode_and_removed_by_a_run(config):
+    """Rights a sign-in gives are only the declared ones: a rule added behind
+    the inventory's back (here: any signed-in person becomes an operator) is
+    reported by --check --diff without being touched, and the next run removes
+    it; then the data is as declared and a run changes nothing."""
+    declared = {r["ID"] for r in rules_of(METHOD_NAME)}
+    status, text = consul("acl/binding-rule", "PUT", json.dumps(
+        {"AuthMethod": METHOD_NAME, "BindType": "role", "BindName": "ui-operator",
+         "Selector": "", "Description": "added by hand"}), token=management())
+    assert status == 200, text
+    sneaky = json.loads(text)["ID"]
+    try:
+        checked = run_playbook("site.yml", "--tags", "consul_acl_login", "--check", "--diff")
+        assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-2000:]
+        assert "Description: added by hand" in checked.stdout
+        assert sneaky in {r["ID"] for r in rules_of(METHOD_NAME)}
+        fixed = run_playbook("site.yml", "--tags", "consul_acl_login")
+        assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-2000:]
+        assert {r["ID"] for r in rules_of(METHOD_NAME)} == declared
+        again = run_playbook("site.yml", "--tags", "consul_acl_login")
+        task = again.stdout.split("Keep the roles, auth methods")[1].split("TASK [")[0]
+        assert "ok: [" in task and "changed: [" not in task, task[-2000:]
+    finally:
+        consul(f"acl/binding-rule/{sneaky}", "DELETE", token=management())
