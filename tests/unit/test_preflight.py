@@ -120,6 +120,7 @@ def run_edge_preflight(tmp_path, edge_vars, playbook="site.yml"):
             "oauth2_proxy_public_url": "https://consul.example.com",
             "oauth2_proxy_client_secret": "s3cret-from-vault",
             "edge_nginx_public_url": "https://consul.example.com",
+            "edge_token_exchange_auth_method": "company-sso",
             **edge_vars}}}
     inventory.write_text(yaml.safe_dump(data), encoding="utf-8")
     return ansible_playbook("-i", str(inventory), playbook)
@@ -131,7 +132,16 @@ def run_edge_preflight(tmp_path, edge_vars, playbook="site.yml"):
     ({"oauth2_proxy_allowed_groups": []}, ["oauth2_proxy_allowed_groups is empty"]),
     ({"oauth2_proxy_client_secret": None}, ["no OAuth2 client secret", "oauth2_proxy_client_secret_file"]),
     ({"edge_nginx_tls_cert": "-----BEGIN CERTIFICATE-----"}, ["edge_nginx_tls_cert and edge_nginx_tls_key"]),
-], ids=["issuer-http", "public-url", "no-groups", "no-client-secret", "cert-without-key"])
+    ({"edge_token_exchange_auth_method": ""},
+     ["edge_token_exchange_auth_method", "consul_acl_auth_methods"]),
+    ({"edge_token_exchange_auth_method": "sso\nx"},
+     ["edge_token_exchange_auth_method", "auth method (type jwt)"]),
+    ({"edge_token_exchange_cookie_name": "a;b"}, ["edge_token_exchange_cookie_name", "cookie_name"]),
+    ({"edge_token_exchange_session_lifetime": "8 hours"}, ["edge_token_exchange_session_lifetime",
+                                                          "durations like 8h"]),
+    ({"edge_token_exchange_recheck": ""}, ["edge_token_exchange_recheck", "durations like 8h"]),
+], ids=["issuer-http", "public-url", "no-groups", "no-client-secret", "cert-without-key", "no-auth-method",
+        "auth-method-newline", "cookie-name", "lifetime", "recheck-empty"])
 def test_bad_edge_variable_is_named_with_its_fix(tmp_path, edge_vars, expected):
     stopped_in_preflight(run_edge_preflight(tmp_path, edge_vars), expected)
 

@@ -35,28 +35,38 @@ CONSUMERS = [
         "retired_tokens": ["svc"]}},
     {"hosts": "edge", "contract": {"tokens": [
         {"name": "ui", "rules": 'node_prefix "" { policy = "read" }',
-         "file": {"path": "/etc/consul-tokens/ui.token"}}]}},
+         "file": {"path": "/etc/consul-tokens/ui.token"}}],
+        "policies": [{"name": "ui-role", "description": "for a sign-in role",
+                      "rules": 'key "" { policy = "read" }'}],
+        "retired_tokens": ["ui-role"]}},
 ]
 
 
 def test_each_contract_token_becomes_a_policy_and_a_token_for_its_group():
     collected = acl.consul_acl_collect(CONSUMERS)
-    assert [p["name"] for p in collected["policies"]] == ["svc", "reader", "writer", "ui"]
+    assert [p["name"] for p in collected["policies"]] == ["svc", "reader", "writer", "ui", "ui-role"]
     by_name = {t["name"]: t for t in collected["tokens"]}
     assert by_name["reader"]["policies"] == ["reader"]
     assert by_name["reader"]["file"]["hosts"] == "app"
     assert by_name["ui"]["file"]["hosts"] == "edge"
     assert "file" not in by_name["writer"]
-    assert collected["retired"] == ["svc"]
+    # A contract policy is a policy only: the roles of consul_acl_roles hold it.
+    assert "ui-role" not in by_name
+    assert collected["policies"][-1]["description"] == "for a sign-in role"
+    assert collected["retired"] == ["svc", "ui-role"]
 
 
 @pytest.mark.parametrize(("consumers", "message"), [
     ([{"contract": {}}], "needs 'hosts'"),
     ([{"hosts": "app", "contract": {"tokens": [{"name": "x"}]}}], "needs a name and rules"),
     ([{"hosts": "app", "contract": {"tokens": [{"rules": "x"}]}}], "needs a name and rules"),
+    ([{"hosts": "app", "contract": {"policies": [{"name": "x"}]}}],
+     "a policy of the contract for 'app' needs"),
+    ([{"hosts": "app", "contract": {"tokens": [{"name": "x", "rules": "r"}]}},
+      {"hosts": "edge", "contract": {"policies": [{"name": "x", "rules": "r"}]}}], "two contracts declare x"),
     ([{"hosts": "app", "contract": {"tokens": [{"name": "x", "rules": "r"}]}},
       {"hosts": "edge", "contract": {"tokens": [{"name": "x", "rules": "r"}]}}], "two contracts declare x"),
-], ids=["no-hosts", "no-rules", "no-name", "duplicate"])
+], ids=["no-hosts", "no-rules", "no-name", "policy-no-rules", "token-and-policy", "duplicate"])
 def test_a_broken_contract_is_named(consumers, message):
     with pytest.raises(AnsibleFilterError, match=message):
         acl.consul_acl_collect(consumers)
@@ -182,6 +192,8 @@ def test_consul_acl_names_no_consumer():
     consul_acl_role = REPO / "roles" / "consul_acl"
     text = "\n".join(p.read_text(encoding="utf-8") for p in consul_acl_role.rglob("*")
                      if p.is_file() and p.suffix in {".yml", ".j2", ".md"})
+    consumer_names |= {p["name"] for role in CONSUMER_ROLES
+                       for p in load_vars(role)[f"{role}_consul_acl"].get("policies", [])}
     for name in consumer_names | {"python-web-service", "app", "edge", "consul-snapshot"}:
         assert f'"{name}"' not in text and f" {name}:" not in text and f"[{name}]" not in text, name
 

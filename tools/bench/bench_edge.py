@@ -4,9 +4,12 @@
 Signs in at the lab's edge as the reader (Debian's chromium through the real
 IdP), then runs tools/bench/probes/edge_probe.py on edge-1 and compares, on one
 clock: `/` through nginx vs one app instance directly; a Consul KV read
-through nginx (TLS, auth_request to oauth2-proxy, group token) vs straight
-to the local agent; and the auth_request call alone. Prints a table and
-writes docs/bench/edge.json and docs/bench/edge.png.
+through nginx (TLS, auth_request to the token exchange, the session's own
+token) vs straight to the local agent; and the two auth steps alone:
+oauth2-proxy's /oauth2/auth (what nginx asked before per-session tokens) and
+the exchange's /token with a warm session (what it asks now). Then the first
+request of --fresh new sessions (the exchange's login at Consul), p50/p99.
+Prints a table and writes docs/bench/edge.json and docs/bench/edge.png.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lab_inventory
-from benchlib import LAB_SECRETS, OUT, REPO, container_ip, percentile, run, write_report
+from benchlib import LAB_SECRETS, OUT, REPO, ScratchToken, container_ip, percentile, run, write_report
 from lab_browser import session_cookie, sign_in, trusted_browser
 
 PROBE = REPO / "tools" / "bench" / "probes" / "edge_probe.py"
@@ -33,12 +36,14 @@ LABELS = {
     "consul_direct": "KV read straight to the agent",
     "edge_api": "KV read through nginx + auth_request",
     "auth_request_alone": "oauth2-proxy /oauth2/auth alone",
+    "exchange_alone": "token exchange /token alone (warm)",
     "edge_root_reloading": "/ through nginx, reloaded every 0.5 s",
 }
 
 
 def summarise(raw: dict) -> dict:
     summary = {}
+    fresh = raw.pop("first_request")
     for name, result in raw.items():
         ms = [v * 1000 for v in result["samples_s"]]
         summary[name] = {"label": LABELS[name], "requests": len(ms),
@@ -61,7 +66,41 @@ def summarise(raw: dict) -> dict:
         "edge_api_added_at_loaded_median_ms": round(summary["edge_api"]["loaded_p50_ms"]
                                                     - summary["consul_direct"]["loaded_p50_ms"], 2),
     })
+    # The warm exchange replaces oauth2-proxy's call in nginx's auth_request
+    # (the exchange asks oauth2-proxy again only every recheck interval).
+    summary["_derived"].update({
+        "exchange_added_at_median_ms": round(summary["exchange_alone"]["p50_ms"]
+                                             - summary["auth_request_alone"]["p50_ms"], 2),
+        "exchange_added_at_loaded_median_ms": round(summary["exchange_alone"]["loaded_p50_ms"]
+                                                    - summary["auth_request_alone"]["loaded_p50_ms"], 2),
+    })
+    first = [v * 1000 for v in fresh["first_s"]]
+    second = [v * 1000 for v in fresh["second_s"]]
+    summary["_first_request"] = {
+        "sessions": len(first),
+        "first_p50_ms": round(percentile(first, 50), 2), "first_p99_ms": round(percentile(first, 99), 2),
+        "second_p50_ms": round(percentile(second, 50), 2), "second_p99_ms": round(percentile(second, 99), 2),
+        "first_samples_ms": [round(v, 3) for v in first]}
     return summary
+
+
+def fresh_sessions(count: int, user: str, password: str) -> list[str]:
+    """Cookies of `count` new sessions, each signed in by the browser."""
+    cookies = []
+    with trusted_browser(SECRETS / "web-ca" / "web-ca.pem") as browser:
+        for _ in range(count):
+            context, _ = sign_in(browser, BASE_URL, user, password, start="/oauth2/start?rd=%2F")
+            cookies.append(session_cookie(context))
+            context.close()
+    return cookies
+
+
+def sign_out_all(cookies: list[str]) -> None:
+    import requests
+
+    for cookie in cookies:
+        requests.get(f"{BASE_URL}/oauth2/sign_out", headers={"Cookie": cookie}, allow_redirects=False,
+                     verify=str(SECRETS / "web-ca" / "web-ca.pem"), timeout=10)
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -96,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--user", default="reader")
+    parser.add_argument("--fresh", type=int, default=100, help="new sessions for the first-request figures")
     args = parser.parse_args(argv)
 
     password = (SECRETS / "lab_idp" / "users" / args.user).read_text(encoding="utf-8").strip()
@@ -103,15 +143,22 @@ def main(argv: list[str] | None = None) -> int:
         context, _ = sign_in(browser, BASE_URL, args.user, password)
         cookie = session_cookie(context)
         context.close()
-    settings = {"cookie": cookie, "kv_key": "python-web-service/greeting",
-                "consul_token_file": "/etc/consul-tokens/ui-read-only.token",
-                "app": f"{container_ip(lab_inventory.first('app'))}:8080", "count": args.count,
-                "warmup": args.warmup, "connections": args.connections, "seconds": args.seconds}
+    print(f"signing in {args.fresh} fresh sessions ...", flush=True)
+    fresh = fresh_sessions(args.fresh, args.user, password)
     edge = lab_inventory.first("edge")
     run("docker", "cp", str(PROBE), f"{edge}:/root/edge_probe.py")
     run("docker", "cp", str(KEEPALIVE), f"{edge}:/root/keepalive.py")
-    probe = subprocess.run(["docker", "exec", "-i", edge, "python3", "/root/edge_probe.py"],
-                           input=json.dumps(settings), check=True, capture_output=True, text=True)
+    with ScratchToken(edge, "ui-read-only") as token_file:
+        settings = {"cookie": cookie, "kv_key": "python-web-service/greeting",
+                    "consul_token_file": token_file,
+                    "app": f"{container_ip(lab_inventory.first('app'))}:8080", "count": args.count,
+                    "warmup": args.warmup, "connections": args.connections, "seconds": args.seconds,
+                    "fresh_cookies": fresh}
+        try:
+            probe = subprocess.run(["docker", "exec", "-i", edge, "python3", "/root/edge_probe.py"],
+                                   input=json.dumps(settings), check=True, capture_output=True, text=True)
+        finally:
+            sign_out_all([cookie, *fresh])
     summary = summarise(json.loads(probe.stdout))
 
     print(f"{'scenario':40} {'p50 ms':>8} {'p99 ms':>8} | {'loaded p50':>10} {'loaded p99':>10} "
@@ -132,8 +179,16 @@ def main(argv: list[str] | None = None) -> int:
           f"ms ({derived['nginx_added_at_loaded_median_pct']} %, target under 10 %)")
     print(f"through the edge a KV read takes {derived['edge_api_added_at_median_ms']} ms more at "
           f"the median; the auth_request call alone takes {derived['auth_request_p50_ms']} ms")
+    added, loaded = derived["exchange_added_at_median_ms"], derived["exchange_added_at_loaded_median_ms"]
+    print(f"the warm token exchange instead of oauth2-proxy's call: {added:+} ms at the median idle, "
+          f"{loaded:+} ms with {derived['loaded_connections']} connections (target: at most +0.5 ms)")
+    first = summary["_first_request"]
+    print(f"first request of a session (login at Consul), {first['sessions']} sessions: "
+          f"p50 {first['first_p50_ms']} ms, p99 {first['first_p99_ms']} ms; its second request "
+          f"p50 {first['second_p50_ms']} ms")
 
-    write_report("edge", {"settings": {k: v for k, v in settings.items() if k != "cookie"},
+    kept = {k: v for k, v in settings.items() if k not in ("cookie", "fresh_cookies")}
+    write_report("edge", {"settings": kept,
                           "summary": summary})
     plot(summary, OUT / "edge.png")
     print(f"\nwrote {OUT / 'edge.json'} and {OUT / 'edge.png'}")

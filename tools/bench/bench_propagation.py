@@ -23,7 +23,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lab_inventory
-from benchlib import LAB_INVENTORY, OUT, REPO, container_ip, percentile, playbook, run, write_report
+from benchlib import (
+    LAB_INVENTORY,
+    OUT,
+    REPO,
+    ScratchToken,
+    container_ip,
+    percentile,
+    playbook,
+    run,
+    write_report,
+)
 
 PROBE = REPO / "tools" / "bench" / "probes" / "propagation_probe.py"
 APPROACHES = {
@@ -106,13 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--apps", nargs="+", default=lab_inventory.group("app"))
     parser.add_argument("--probe-host", default=lab_inventory.first("edge"))
-    parser.add_argument("--token-file", default="/etc/consul-tokens/ui-operator.token",
-                        help="on the probe host: a token that may write the key")
+    parser.add_argument("--token-file", default="",
+                        help="on the probe host: a token that may write the key "
+                             "(default: a scratch token of the ui-operator role)")
     args = parser.parse_args(argv)
 
     seed_approach("present")
     raws = {}
+    scratch = None if args.token_file else ScratchToken(args.probe_host, "ui-operator")
     try:
+        if scratch is not None:
+            args.token_file = scratch.__enter__()
         ips = [container_ip(app) for app in args.apps]
         run("docker", "cp", str(PROBE), f"{args.probe_host}:/root/propagation_probe.py")
         for approach in APPROACHES:
@@ -128,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--changes", str(args.changes), "--token-file", args.token_file, *targets,
                 capture=True))
     finally:
+        if scratch is not None:
+            scratch.__exit__()
         for app in args.apps:
             run("docker", "exec", app, "systemctl", "start", DAEMONS["ours"])
         seed_approach("absent")

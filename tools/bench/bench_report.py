@@ -179,6 +179,23 @@ def edge_section(data: dict | None, summary: list) -> list[str]:
                         verdict(d["nginx_added_at_loaded_median_pct"] < 10)])
     out[-1] += (f"; a `/v1/` call through the edge costs {d['edge_api_added_at_median_ms']} ms "
                 f"more at the median, of which auth_request is about {d['auth_request_p50_ms']} ms.")
+    if "exchange_added_at_median_ms" in d:
+        f = s["_first_request"]
+        out += ["", f"Per-session tokens: nginx's auth_request asks the token exchange, which with a "
+                f"warm session answers from its cache, where it asked oauth2-proxy before. The "
+                f"exchange's /token instead of oauth2-proxy's /oauth2/auth: "
+                f"{d['exchange_added_at_median_ms']:+} ms at the idle median, "
+                f"{d['exchange_added_at_loaded_median_ms']:+} ms under load. The first request of a "
+                f"session (the login at Consul) over {f['sessions']} new sessions: p50 "
+                f"{f['first_p50_ms']} ms, p99 {f['first_p99_ms']} ms (its second request: p50 "
+                f"{f['second_p50_ms']} ms)."]
+        idle, loaded = d["exchange_added_at_median_ms"], d["exchange_added_at_loaded_median_ms"]
+        worst = max(idle, loaded)
+        summary.append(["Edge: warm token exchange vs oauth2-proxy's call (idle / loaded median)",
+                        f"{idle:+} / {loaded:+} ms",
+                        "<= +0.5 ms", verdict(worst <= 0.5)])
+        summary.append(["Edge: first request of a session (login at Consul), p50 / p99",
+                        f"{f['first_p50_ms']} / {f['first_p99_ms']} ms", "reported", "-"])
     return [*out, "", "![edge](edge.png)", ""]
 
 

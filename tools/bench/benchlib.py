@@ -202,18 +202,48 @@ def kill_consul(container: str) -> float:
     return float(out.split()[-1])
 
 
-class LedgerProbe:
-    """tools/bench/probes/write_ledger_probe.py on a lab host, for a `with` block."""
+class ScratchToken:
+    """A short-lived Consul token holding one of the platform's roles, in a
+    root-only file on a lab host, for a probe there (people get their own
+    tokens at sign-in; no shared UI token exists). Made with the management
+    token on stdin, deleted at the end, and it expires on its own if the
+    tool dies."""
 
-    def __init__(self, host: str = lab_inventory.first("edge"),
-                 token_file: str = "/etc/consul-tokens/ui-operator.token", writers: int = 4,
+    def __init__(self, host: str, role: str, path: str = "/run/consul-probe.token", ttl: str = "2h"):
+        self.host, self.role, self.path, self.ttl = host, role, path, ttl
+        self.accessor_id = ""
+
+    def __enter__(self) -> str:
+        code, body = consul_api(SERVERS[0], "/v1/acl/token", MANAGEMENT_TOKEN, "PUT", json.dumps({
+            "Description": f"probe on {self.host} (tools/bench)", "Roles": [{"Name": self.role}],
+            "ExpirationTTL": self.ttl}))
+        if code != 200:
+            raise SystemExit(f"could not make a {self.role} token for the probe: {code} {body[:200]}")
+        token = json.loads(body)
+        self.accessor_id = token["AccessorID"]
+        run("docker", "exec", "-i", self.host, "sh", "-c", 'umask 077 && cat > "$1"', "sh", self.path,
+            stdin=token["SecretID"] + "\n")
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        run("docker", "exec", self.host, "rm", "-f", self.path, check=False)
+        consul_api(SERVERS[0], f"/v1/acl/token/{self.accessor_id}", MANAGEMENT_TOKEN, "DELETE")
+
+
+class LedgerProbe:
+    """tools/bench/probes/write_ledger_probe.py on a lab host, for a `with`
+    block, writing with a scratch token of the ui-operator role."""
+
+    def __init__(self, host: str = lab_inventory.first("edge"), writers: int = 4,
                  timeout: float = 10.0):
         self.host = host
-        self.argv = ["--token-file", token_file, "--writers", str(writers),
+        self.token = ScratchToken(host, "ui-operator")
+        self.argv = ["--token-file", self.token.path, "--writers", str(writers),
                      "--timeout", str(timeout)]
         self.result: dict = {}
 
     def __enter__(self) -> LedgerProbe:
+        self.token.__enter__()
         probe = Path(__file__).resolve().parent / "probes" / "write_ledger_probe.py"
         run("docker", "cp", str(probe), f"{self.host}:/root/write_ledger_probe.py")
         self.process = subprocess.Popen(
@@ -223,7 +253,10 @@ class LedgerProbe:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        out, _ = self.process.communicate(timeout=600)
+        try:
+            out, _ = self.process.communicate(timeout=600)
+        finally:
+            self.token.__exit__()
         if self.process.returncode != 0:
             raise SystemExit(f"the write probe on {self.host} failed (rc {self.process.returncode})")
         self.result = json.loads(out)

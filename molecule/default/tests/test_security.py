@@ -124,11 +124,29 @@ def test_greeting_writer_writes_that_one_key_only(app):
     assert consul_api(app, "catalog/services", token=token) == {}
 
 
-def test_ui_operator_has_no_acl_rights(app):
-    for path in ("acl/tokens", "acl/policies", "acl/roles"):
-        assert api_call(app, path, token="ui-operator")[0] == 403, path
-    # The read-only group writes nothing.
-    assert api_call(app, f"kv/molecule/ro-{uuid.uuid4()}", "PUT", "x", token="ui-read-only")[0] == 403
+def test_ui_operator_has_no_acl_rights(app, servers):
+    """The sign-in roles, through tokens of them made here as a sign-in would."""
+    made = {role: consul_api(servers[0], "acl/token", "PUT", json.dumps(
+        {"Description": f"test of {role}", "Roles": [{"Name": role}], "ExpirationTTL": "10m"}))
+        for role in ("ui-operator", "ui-read-only")}
+
+    def call(role: str, path: str, method: str = "GET") -> int:
+        header = f"/root/.{role}.test-header"
+        return int(app.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' -X {method} -d x "
+                                    f"-H @{header} http://127.0.0.1:8500/v1/{path}"))
+
+    try:
+        for role, token in made.items():
+            write_private_file(app, f"/root/.{role}.test-header", f"X-Consul-Token: {token['SecretID']}\n")
+        for path in ("acl/tokens", "acl/policies", "acl/roles"):
+            assert call("ui-operator", path) == 403, path
+        # The read-only role writes nothing.
+        assert call("ui-read-only", f"kv/molecule/ro-{uuid.uuid4()}", "PUT") == 403
+        assert call("ui-read-only", "kv/python-web-service/greeting") in (200, 404)
+    finally:
+        for role, token in made.items():
+            app.run(f"rm -f /root/.{role}.test-header")
+            consul_api(servers[0], f"acl/token/{token['AccessorID']}", "DELETE")
 
 
 def test_exactly_one_management_token_the_persisted_one(servers):

@@ -1,7 +1,9 @@
-"""Per-person Consul tokens (issue 13), first part: the JWT auth method that
+"""Per-person Consul tokens (issue 13). First the JWT auth method that
 trusts the scenario's OpenID Connect provider (Ory Hydra), its roles and
 binding rules (roles/consul_acl, entry point login), tested against Consul
-directly with real ID tokens.
+directly with real ID tokens; then the edge's token exchange
+(roles/edge_token_exchange) through the edge's published port, as a person's
+browser uses it.
 
 An ID token is obtained as the edge obtains it: a real browser signs in at
 Hydra for the edge's client, the redirect back to the edge is caught before
@@ -25,19 +27,32 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from conftest import CA, RUNNER, _PinnedHTTPSConnection, group, run_playbook, secret
+import requests
+import yaml
+from conftest import (
+    CA,
+    REPO,
+    RUNNER,
+    _PinnedHTTPSConnection,
+    get_host,
+    group,
+    run_playbook,
+    secret,
+    write_private_file,
+)
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "lab"))
-from lab_browser import trusted_browser
+from lab_browser import session_cookie, sign_in, trusted_browser
 
 SETTINGS = RUNNER.get_variables(group("consul_servers")[0])
 SERVER = SETTINGS.get("ansible_host", group("consul_servers")[0])
 # The inventory's method by name; its settings as Consul holds them (the
 # inventory's are templates).
 METHOD_NAME = SETTINGS["consul_acl_auth_methods"][0]["name"]
-CALLBACK = f"{SETTINGS['edge_public_url']}/oauth2/callback"
+BASE_URL = SETTINGS["edge_public_url"].rstrip("/")
+CALLBACK = f"{BASE_URL}/oauth2/callback"
 # A method of the test's own with a key of its own: tokens it signs carry a
 # valid signature, so Consul's checks of expiry, issuer and audience are
 # what refuses them.
@@ -321,3 +336,212 @@ def test_a_binding_rule_nobody_declared_is_shown_by_check_mode_and_removed_by_a_
         assert "ok: [" in task and "changed: [" not in task, task[-2000:]
     finally:
         consul(f"acl/binding-rule/{sneaky}", "DELETE", token=management())
+
+
+# --- the edge's token exchange ----------------------------------------------
+
+
+def edge_session(browser, user: str, start: str = "/oauth2/start?rd=%2F") -> requests.Session:
+    """A requests session carrying the edge session `user` got by signing in
+    with the browser (the browser context is closed: the cookie lives on)."""
+    context, _ = sign_in(browser, BASE_URL, user, secret(f"lab_idp/users/{user}"), start)
+    try:
+        session = requests.Session()
+        session.verify = str(CA)
+        session.trust_env = False
+        # As a header: the cookie jar will not send host-only cookies of "localhost".
+        session.headers["Cookie"] = session_cookie(context)
+        return session
+    finally:
+        context.close()
+
+
+def own_token(session: requests.Session) -> dict:
+    answer = session.get(f"{BASE_URL}/v1/acl/token/self")
+    assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+    return answer.json()
+
+
+def sign_out(session: requests.Session) -> int:
+    return session.get(f"{BASE_URL}/oauth2/sign_out", allow_redirects=False).status_code
+
+
+def sign_in_tokens() -> list[dict]:
+    """The tokens the scenario's auth method made, as Consul lists them."""
+    status, text = consul(f"acl/tokens?authmethod={METHOD_NAME}", token=management())
+    assert status == 200, text
+    return json.loads(text)
+
+
+def test_two_operators_signed_in_at_once_each_get_an_own_short_lived_token(browser):
+    sessions = {user: edge_session(browser, user) for user in ("admin", "operator", "reader")}
+    try:
+        tokens = {user: own_token(session) for user, session in sessions.items()}
+        assert len({t["AccessorID"] for t in tokens.values()}) == 3
+        for user, token in tokens.items():
+            # The caller's own token: made at the sign-in, naming the person.
+            assert token["AuthMethod"] == METHOD_NAME and token["Local"] is True, token
+            assert f'"user":"{user}"' in token["Description"] and "signed_in_at" in token["Description"]
+            assert [r["Name"] for r in token["Roles"]] == (
+                ["ui-read-only"] if user == "reader" else ["ui-operator"])
+            lifetime = moment(token["ExpirationTime"]) - moment(token["CreateTime"])
+            assert 0 < lifetime.total_seconds() <= 8 * 3600, token
+        # Repeated requests of one session use its one token.
+        assert own_token(sessions["admin"])["AccessorID"] == tokens["admin"]["AccessorID"]
+        # consul acl token list shows who holds what.
+        listed = {t["AccessorID"]: t["Description"] for t in sign_in_tokens()}
+        for user, token in tokens.items():
+            assert f'"user":"{user}"' in listed[token["AccessorID"]]
+        # What a session may do is its roles' only.
+        assert sessions["reader"].put(f"{BASE_URL}/v1/kv/sign-in-test/reader", data="x").status_code == 403
+        assert sessions["operator"].put(f"{BASE_URL}/v1/kv/sign-in-test/op", data="x").json() is True
+        assert sessions["operator"].delete(f"{BASE_URL}/v1/kv/sign-in-test/op").json() is True
+        assert sessions["admin"].get(f"{BASE_URL}/v1/acl/tokens").status_code == 403
+    finally:
+        for session in sessions.values():
+            sign_out(session)
+
+
+def test_sign_out_deletes_the_token_before_it_answers_and_the_cookie_is_refused_after(browser):
+    session = edge_session(browser, "admin")
+    token = own_token(session)
+    assert consul("acl/token/self", token=token["SecretID"])[0] == 200
+    assert sign_out(session) == 302
+    # The exchange logs the token out before nginx passes the sign-out on.
+    status, text = consul("acl/token/self", token=token["SecretID"])
+    assert status == 403 and "ACL not found" in text
+    # The cookie, replayed (oauth2-proxy alone would still accept it): not signed in.
+    replay = session.get(f"{BASE_URL}/v1/agent/self")
+    assert replay.status_code == 401, replay.text[:200]
+    assert token["AccessorID"] not in {t["AccessorID"] for t in sign_in_tokens()}
+
+
+def test_a_person_moved_out_of_a_group_has_none_of_its_rights_at_the_next_sign_in(browser):
+    idp = get_host(group("lab_idp")[0])
+    users = "/etc/lab-idp-login/users.json"
+    first = edge_session(browser, "operator")
+    assert [r["Name"] for r in own_token(first)["Roles"]] == ["ui-operator"]
+    sign_out(first)
+    idp.check_output(f"cp -p {users} /root/users.json.saved")
+    try:
+        data = json.loads(idp.file(users).content_string)
+        for user in data["users"]:
+            if user["username"] == "operator":
+                user["groups"] = ["consul-readers"]
+        moved = json.dumps(data)
+        idp.check_output(f"printf %s {json.dumps(moved)} > {users} && systemctl restart lab-idp-login")
+        again = edge_session(browser, "operator")
+        try:
+            token = own_token(again)
+            assert [r["Name"] for r in token["Roles"]] == ["ui-read-only"], token
+            assert again.put(f"{BASE_URL}/v1/kv/sign-in-test/moved", data="x").status_code == 403
+        finally:
+            sign_out(again)
+    finally:
+        idp.check_output(f"cp -p /root/users.json.saved {users} && systemctl restart lab-idp-login")
+
+
+def access_log(edge, lines: int) -> list[str]:
+    return edge.check_output(f"journalctl -t nginx_access -n {int(lines)} -o cat --no-pager").splitlines()
+
+
+def test_with_the_exchange_down_the_edge_shows_an_error_and_nothing_reaches_consul(browser):
+    edge = get_host(group("edge")[0])
+    session = edge_session(browser, "reader")
+    before = own_token(session)
+    edge.check_output("systemctl stop consul-edge-exchange.service")
+    try:
+        # At its stop it logged out every token it held.
+        status, text = consul("acl/token/self", token=before["SecretID"])
+        assert status == 403 and "ACL not found" in text
+        marker = uuid.uuid4().hex
+        api = session.get(f"{BASE_URL}/v1/kv/{marker}")
+        assert api.status_code == 503 and "nothing was sent to Consul" in api.json()["error"]
+        page = session.get(f"{BASE_URL}/ui/{marker}", allow_redirects=False)
+        assert page.status_code == 503 and "Consul access is unavailable" in page.text
+        assert page.headers.get("Strict-Transport-Security")
+        # The journal takes the lines a moment after the answers.
+        deadline = time.monotonic() + 10
+        while len(lines := [line for line in access_log(edge, 50) if marker in line]) < 2:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.2)
+        # Neither request was proxied anywhere: no upstream answered it.
+        assert all(" 503 " in line and "upstream=-" in line for line in lines), lines
+    finally:
+        edge.check_output("systemctl start consul-edge-exchange.service")
+    # The same session exchanges again: a new token.
+    after = own_token(session)
+    assert after["AccessorID"] != before["AccessorID"]
+    sign_out(session)
+
+
+def test_consul_down_at_the_exchange_fails_closed(browser):
+    """A new session while the edge's agent is stopped: 503, no token."""
+    edge = get_host(group("edge")[0])
+    session = edge_session(browser, "reader")
+    edge.check_output("systemctl stop consul.service")
+    try:
+        answer = session.get(f"{BASE_URL}/v1/kv/?keys")
+        assert answer.status_code == 503, answer.text[:200]
+    finally:
+        edge.check_output("systemctl start consul.service")
+    wait = time.monotonic() + 60
+    while session.get(f"{BASE_URL}/v1/agent/self").status_code != 200 and time.monotonic() < wait:
+        time.sleep(0.5)
+    assert own_token(session)["AuthMethod"] == METHOD_NAME
+    sign_out(session)
+
+
+CYCLES = 200
+
+
+def test_sign_in_and_sign_out_cycles_leave_no_pile_of_tokens(browser):
+    before = {t["AccessorID"] for t in sign_in_tokens()}
+    made = set()
+    started = time.monotonic()
+    for _ in range(CYCLES):
+        session = edge_session(browser, "reader")
+        made.add(own_token(session)["AccessorID"])
+        assert sign_out(session) == 302
+    took = time.monotonic() - started
+    after = {t["AccessorID"] for t in sign_in_tokens()}
+    print(f"{CYCLES} sign-in/sign-out cycles in {took:.1f} s: {len(made)} tokens made, "
+          f"{len(after)} sign-in tokens in Consul before {len(before)} after")
+    assert len(made) == CYCLES
+    assert not (after & made)
+    assert after <= before
+
+
+def test_a_re_run_removes_the_group_tokens_an_earlier_version_left():
+    """Migration: a cluster built before per-session tokens holds the shared
+    UI tokens (accessor IDs as consul_acl derived them), their files on the
+    edge and nginx's group-to-token map. A re-run of site.yml removes all of
+    it; the run after changes nothing."""
+    edge = get_host(group("edge")[0])
+    status, text = consul("agent/self", token=management())
+    datacenter = json.loads(text)["Config"]["Datacenter"]
+    # Ansible's to_uuid is UUIDv5 in the role's namespace.
+    role_vars = yaml.safe_load((REPO / "roles/consul_acl/vars/main.yml").read_text(encoding="utf-8"))
+    namespace = uuid.UUID(role_vars["__consul_acl_accessor_namespace"])
+    old = {name: str(uuid.uuid5(namespace, f"{datacenter}/token/{name}"))
+           for name in ("ui-operator", "ui-read-only")}
+    files = ["/etc/nginx/consul-edge/tokens.conf", "/etc/consul-tokens/ui-operator.token",
+             "/etc/consul-tokens/ui-read-only.token"]
+    for name, accessor_id in old.items():
+        status, text = consul("acl/token", "PUT", json.dumps(
+            {"AccessorID": accessor_id, "Description": f"Consul UI ({name}), as an earlier version made it",
+             "Policies": [{"Name": name}]}), token=management())
+        assert status == 200, text
+        write_private_file(edge, f"/etc/consul-tokens/{name}.token", json.loads(text)["SecretID"])
+    edge.check_output("printf 'map $edge_groups $edge_consul_token { default \"\"; }\\n' "
+                      "> /etc/nginx/consul-edge/tokens.conf")
+    migrated = run_playbook("site.yml", "--tags", "consul_acl,edge_nginx")
+    assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-2000:]
+    for name, accessor_id in old.items():
+        status, text = consul(f"acl/token/{accessor_id}", token=management())
+        assert status in (403, 404) and "not found" in text.lower(), (name, status, text)
+    assert not any(edge.file(path).exists for path in files)
+    again = run_playbook("site.yml", "--tags", "consul_acl,edge_nginx")
+    assert again.returncode == 0, again.stdout[-3000:]
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", again.stdout, re.MULTILINE)
+    assert recap and all(changed == "0" for _, changed in recap), again.stdout[-3000:]

@@ -20,10 +20,12 @@ from ansible.errors import AnsibleFilterError
 def consul_acl_collect(consumers: list[dict[str, Any]]) -> dict[str, list]:
     """Policies, tokens and retired names from consul_acl_consumers.
 
-    Each consumer is {hosts: <group>, contract: {tokens: [...], retired_tokens: [...]}}.
-    A contract token {name, description, rules, per_host, file} becomes a
-    policy of the same name with those rules, and a token holding it whose
-    file (if any) goes to the hosts of the consumer's group."""
+    Each consumer is {hosts: <group>, contract: {tokens: [...], policies: [...],
+    retired_tokens: [...]}}. A contract token {name, description, rules,
+    per_host, file} becomes a policy of the same name with those rules, and a
+    token holding it whose file (if any) goes to the hosts of the consumer's
+    group. A contract policy {name, description, rules} is a policy only (for
+    the roles of consul_acl_roles)."""
     policies: list[dict[str, Any]] = []
     tokens: list[dict[str, Any]] = []
     retired: list[str] = []
@@ -45,6 +47,15 @@ def consul_acl_collect(consumers: list[dict[str, Any]]) -> dict[str, list]:
             if need.get("file"):
                 token["file"] = {**need["file"], "hosts": consumer["hosts"]}
             tokens.append(token)
+        # Policies without a token of their own: roles and binding rules
+        # (consul_acl_roles) hand them to sign-in tokens.
+        for need in contract.get("policies", []):
+            if not need.get("name") or not need.get("rules"):
+                raise AnsibleFilterError(
+                    f"consul_acl_consumers: a policy of the contract for '{consumer['hosts']}' "
+                    "needs a name and rules")
+            policies.append({"name": need["name"], "description": need.get("description", need["name"]),
+                             "rules": need["rules"]})
         retired.extend(contract.get("retired_tokens", []))
     names = [p["name"] for p in policies]
     duplicates = sorted({n for n in names if names.count(n) > 1})

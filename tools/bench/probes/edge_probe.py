@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Time requests at the edge host itself (standard library only), so that
-nginx, oauth2-proxy, Consul and an app instance are compared on one clock
+nginx, oauth2-proxy, the token exchange, Consul and an app instance are
+compared on one clock
 with no docker NAT in the path. Reads its settings as JSON on stdin (the
 session cookie among them, so it shows in no process list) and prints one
 JSON document: per scenario, sequential latencies over one keep-alive
@@ -91,6 +92,19 @@ def throughput(scenario: dict, connections: int, seconds: float,
     return result
 
 
+def first_requests(scenario: dict, cookies: list[str]) -> dict:
+    """The first request of each fresh session (the exchange's login at
+    Consul) and its second one, on one warm keep-alive connection."""
+    client = KeepAliveClient(lambda: connect(scenario))
+    one(client, {**scenario, "path": "/", "status": 200, "headers": {}})
+    first, second = [], []
+    for cookie in cookies:
+        first.append(one(client, {**scenario, "headers": {"Cookie": cookie}}))
+        second.append(one(client, {**scenario, "headers": {"Cookie": cookie}}))
+    client.close()
+    return {"first_s": first, "second_s": second}
+
+
 def main() -> int:
     settings = json.load(sys.stdin)
     with open(settings["consul_token_file"], encoding="utf-8") as handle:
@@ -107,6 +121,9 @@ def main() -> int:
          "headers": cookie},
         {"name": "auth_request_alone", "tls": False, "host": "127.0.0.1", "port": 4180,
          "path": "/oauth2/auth", "headers": cookie, "status": 202},
+        # What nginx's auth_request asks now: the token exchange, session warm.
+        {"name": "exchange_alone", "tls": False, "host": "127.0.0.1", "port": 4181,
+         "path": "/token", "headers": cookie, "status": 200},
     ]
     results = {}
     for scenario in scenarios:
@@ -120,6 +137,7 @@ def main() -> int:
         "throughput": throughput(reloading, settings["connections"], settings["seconds"],
                                  reload_every=0.5),
     }
+    results["first_request"] = first_requests(scenarios[3], settings["fresh_cookies"])
     json.dump(results, sys.stdout)
     return 0
 
