@@ -22,18 +22,21 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
+import urllib3
 import yaml
 from conftest import (
     CA,
     REPO,
     RUNNER,
     _PinnedHTTPSConnection,
+    edge_connection,
     get_host,
     group,
     run_playbook,
@@ -351,6 +354,7 @@ def edge_session(browser, user: str, start: str = "/oauth2/start?rd=%2F") -> req
         session.trust_env = False
         # As a header: the cookie jar will not send host-only cookies of "localhost".
         session.headers["Cookie"] = session_cookie(context)
+        assert session.headers["Cookie"], f"{user} has no edge session after signing in"
         return session
     finally:
         context.close()
@@ -416,6 +420,17 @@ def test_sign_out_deletes_the_token_before_it_answers_and_the_cookie_is_refused_
     assert token["AccessorID"] not in {t["AccessorID"] for t in sign_in_tokens()}
 
 
+def restart_login_app(idp) -> None:
+    """Restart the IdP's login app (it reads the users at start) and wait
+    until it answers."""
+    idp.check_output("systemctl restart lab-idp-login.service")
+    port = int(RUNNER.get_variables(group("lab_idp")[0]).get("lab_idp_login_port", 9444))
+    deadline = time.monotonic() + 30
+    while idp.run(f"curl -sk -o /dev/null https://127.0.0.1:{port}/login").rc != 0:
+        assert time.monotonic() < deadline, "the login app does not answer after its restart"
+        time.sleep(0.2)
+
+
 def test_a_person_moved_out_of_a_group_has_none_of_its_rights_at_the_next_sign_in(browser):
     idp = get_host(group("lab_idp")[0])
     users = "/etc/lab-idp-login/users.json"
@@ -428,8 +443,9 @@ def test_a_person_moved_out_of_a_group_has_none_of_its_rights_at_the_next_sign_i
         for user in data["users"]:
             if user["username"] == "operator":
                 user["groups"] = ["consul-readers"]
-        moved = json.dumps(data)
-        idp.check_output(f"printf %s {json.dumps(moved)} > {users} && systemctl restart lab-idp-login")
+        # Over stdin: the users file holds password hashes ($6$...).
+        write_private_file(idp, users, json.dumps(data))
+        restart_login_app(idp)
         again = edge_session(browser, "operator")
         try:
             token = own_token(again)
@@ -438,7 +454,8 @@ def test_a_person_moved_out_of_a_group_has_none_of_its_rights_at_the_next_sign_i
         finally:
             sign_out(again)
     finally:
-        idp.check_output(f"cp -p /root/users.json.saved {users} && systemctl restart lab-idp-login")
+        idp.check_output(f"cp -p /root/users.json.saved {users}")
+        restart_login_app(idp)
 
 
 def access_log(edge, lines: int) -> list[str]:
@@ -495,12 +512,74 @@ def test_consul_down_at_the_exchange_fails_closed(browser):
 CYCLES = 200
 
 
-def test_sign_in_and_sign_out_cycles_leave_no_pile_of_tokens(browser):
+@contextmanager
+def localhost_names_on_loopback():
+    """Resolve *.localhost to 127.0.0.1 in this process, as browsers do (the
+    IdP's issuer is https://idp.localhost:<port>; this machine's resolver
+    does not know the name)."""
+    original = urllib3.util.connection.create_connection
+
+    def create_connection(address, *args, **kwargs):
+        host, port = address
+        return original(("127.0.0.1" if host.endswith(".localhost") else host, port), *args, **kwargs)
+
+    urllib3.util.connection.create_connection = create_connection
+    try:
+        yield
+    finally:
+        urllib3.util.connection.create_connection = original
+
+
+def set_cookies(answer: requests.Response) -> str:
+    """The name=value pairs an answer sets, as a Cookie header value."""
+    return "; ".join(c.split(";", 1)[0] for c in answer.raw.headers.getlist("Set-Cookie")
+                     if "=" in c.split(";", 1)[0] and c.split(";", 1)[0].split("=", 1)[1])
+
+
+def sign_in_without_a_browser(user: str) -> requests.Session:
+    """The same sign-in the browser makes (the edge's /oauth2/start, Hydra,
+    the login form, consent, the edge's callback), with requests: the
+    cycles below need 200 sessions. Cookies for the edge ("localhost", which
+    the cookie jar will not send) travel as headers."""
+    idp = requests.Session()
+    idp.verify, idp.trust_env = str(CA), False
+    start = idp.get(f"{BASE_URL}/oauth2/start?rd=%2F", allow_redirects=False)
+    assert start.status_code == 302, start.status_code
+    csrf, location = set_cookies(start), start.headers["Location"]
+    form_page = None
+    for _ in range(10):
+        answer = idp.get(location, allow_redirects=False)
+        if answer.status_code != 302:
+            form_page = answer
+            break
+        location = answer.headers["Location"]
+    assert form_page is not None and form_page.status_code == 200, location
+    fields = dict(re.findall(r'name="(_xsrf|login_challenge)" value="([^"]*)"', form_page.text))
+    answer = idp.post(form_page.url, allow_redirects=False, data={
+        **fields, "username": user, "password": secret(f"lab_idp/users/{user}")})
+    for _ in range(10):
+        assert answer.status_code in (302, 303), (answer.status_code, answer.text[:200])
+        location = answer.headers["Location"]
+        if location.startswith(CALLBACK):
+            break
+        answer = idp.get(location, allow_redirects=False)
+    callback = idp.get(location, headers={"Cookie": csrf}, allow_redirects=False)
+    assert callback.status_code == 302, (callback.status_code, callback.text[:200])
+    session = requests.Session()
+    session.verify, session.trust_env = str(CA), False
+    session.headers["Cookie"] = "; ".join(
+        pair for pair in set_cookies(callback).split("; ") if pair.startswith("_consul_edge_session"))
+    assert session.headers["Cookie"], f"{user} has no edge session after signing in"
+    return session
+
+
+def test_sign_in_and_sign_out_cycles_leave_no_pile_of_tokens():
     before = {t["AccessorID"] for t in sign_in_tokens()}
     made = set()
     started = time.monotonic()
     for _ in range(CYCLES):
-        session = edge_session(browser, "reader")
+        with localhost_names_on_loopback():
+            session = sign_in_without_a_browser("reader")
         made.add(own_token(session)["AccessorID"])
         assert sign_out(session) == 302
     took = time.monotonic() - started
@@ -535,13 +614,69 @@ def test_a_re_run_removes_the_group_tokens_an_earlier_version_left():
         write_private_file(edge, f"/etc/consul-tokens/{name}.token", json.loads(text)["SecretID"])
     edge.check_output("printf 'map $edge_groups $edge_consul_token { default \"\"; }\\n' "
                       "> /etc/nginx/consul-edge/tokens.conf")
-    migrated = run_playbook("site.yml", "--tags", "consul_acl,edge_nginx")
+    # The ACL play on the first server, the edge's own on the edge: the hosts
+    # the migration touches.
+    scope = ["--tags", "consul_acl,edge_nginx", "--limit", f"{group('consul_servers')[0]},{group('edge')[0]}"]
+    migrated = run_playbook("site.yml", *scope)
     assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-2000:]
     for name, accessor_id in old.items():
         status, text = consul(f"acl/token/{accessor_id}", token=management())
         assert status in (403, 404) and "not found" in text.lower(), (name, status, text)
     assert not any(edge.file(path).exists for path in files)
-    again = run_playbook("site.yml", "--tags", "consul_acl,edge_nginx")
+    again = run_playbook("site.yml", *scope)
     assert again.returncode == 0, again.stdout[-3000:]
     recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", again.stdout, re.MULTILINE)
     assert recap and all(changed == "0" for _, changed in recap), again.stdout[-3000:]
+
+
+JWT_LIKE = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")
+# Paths under /oauth2/ as an attacker with a session would try them: any that
+# reached oauth2-proxy's proxy handler would answer 202 with the session's
+# ID token in an Authorization header.
+OAUTH2_PATHS = ["/oauth2/auth", "/oauth2/auth/", "/oauth2/%61uth", "/oauth2//auth", "/oauth2/./auth",
+                "/oauth2/start/../auth", "/oauth2/start%2F..%2Fauth", "/oauth2/AUTH", "/oauth2/auth%2F",
+                "/oauth2/auth?x=1", "/oauth2/", "/oauth2", "/oauth2/x", "/oauth2/userinfo",
+                "/oauth2/static/x", "/oauth2/sign_in", "/oauth2/callback/", "/oauth2/sign_out/x",
+                "/oauth2/start/x", "/%6Fauth2/x", "/OAUTH2/x"]
+ACL_SIGN_IN_PATHS = ["/v1/acl/login", "/v1/acl/%6Cogin", "//v1/acl/login", "/v1/acl/./login",
+                     "/v1/acl/login/", "/v1/acl/logout", "/v1/acl/%6Cogout", "/v1/acl/logout?x"]
+
+
+def raw_request(method: str, target: str, cookie: str, body: bytes = b"") -> tuple[int, bytes, dict]:
+    """The target exactly as given (requests would normalise it)."""
+    connection = edge_connection(BASE_URL)
+    try:
+        connection.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in (("Cookie", cookie), ("Content-Length", str(len(body))), ("Connection", "close")):
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+
+
+def test_no_answer_of_the_edge_hands_a_browser_the_id_token_or_a_login_of_its_own():
+    with localhost_names_on_loopback():
+        session = sign_in_without_a_browser("reader")
+    cookie = session.headers["Cookie"]
+    own = own_token(session)
+    try:
+        seen = {}
+        for path in OAUTH2_PATHS:
+            status, body, headers = raw_request("GET", path, cookie)
+            seen[path] = status
+            assert "authorization" not in headers, path
+            assert not JWT_LIKE.search(body.decode("latin-1") + json.dumps(headers)), path
+        # Nothing but the sign-in's own endpoints reaches oauth2-proxy.
+        assert all(status != 202 for status in seen.values()), seen
+        # Logging in or out at Consul is the exchange's alone: a token a
+        # browser made would outlive its session.
+        login_body = json.dumps({"AuthMethod": METHOD_NAME, "BearerToken": "x"}).encode()
+        for path in ACL_SIGN_IN_PATHS:
+            status, body, _ = raw_request("POST", path, cookie, login_body)
+            assert status in (403, 404) and b"SecretID" not in body, (path, status, body[:200])
+        # The session's token is still the one it had.
+        assert own_token(session)["AccessorID"] == own["AccessorID"]
+    finally:
+        sign_out(session)
