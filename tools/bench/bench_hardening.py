@@ -21,7 +21,7 @@ OURS = {
     "consul_servers": ["consul", "dnsmasq", "consul-snapshot"],
     "consul_clients": ["consul", "dnsmasq"],
     "app": ["consul-template", "python-web-service"],
-    "edge": ["consul-template", "oauth2-proxy", "nginx"],
+    "edge": ["consul-template", "oauth2-proxy", "consul-edge-exchange", "nginx"],
     "lab_idp": ["hydra", "lab-idp-login"],
 }
 # Units as Debian ships them, listed for comparison (none left).

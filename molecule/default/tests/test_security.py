@@ -292,13 +292,13 @@ UNITS_BY_GROUP = {
     "consul_servers": ["consul", "dnsmasq"],
     "consul_clients": ["consul", "dnsmasq"],
     "app": ["consul-template", "python-web-service"],
-    "edge": ["consul-template", "oauth2-proxy", "nginx"],
+    "edge": ["consul-template", "oauth2-proxy", "consul-edge-exchange", "nginx"],
     "lab_idp": ["hydra", "lab-idp-login"],
 }
 
 
 # Debian's nginx unit with our sandbox drop-in: its master must stay root to
-# bind 443 and read the root-only token map, which systemd scores higher.
+# bind 443 and read the TLS key, which systemd scores higher.
 EXPOSURE_LIMITS = {"nginx": 3.0}
 
 
