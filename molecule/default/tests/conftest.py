@@ -332,6 +332,16 @@ def restarts_in(output: str) -> list[tuple[str, str]]:
     return steps
 
 
+def changed_in(output: str) -> set[tuple[str, str]]:
+    """(task, host) of every task and handler that reported a change."""
+    steps = set()
+    for block in re.split(r"^(?:TASK|RUNNING HANDLER) \[", output, flags=re.MULTILINE)[1:]:
+        title, _, body = block.partition("]")
+        for host in re.findall(r"^changed: \[([^\]\s]+)", body, flags=re.MULTILINE):
+            steps.add((title, host))
+    return steps
+
+
 class KVLedger:
     """A ledger of acknowledged KV writes: every 50 ms a new key
     <prefix>/<n> through the agent in `container` (the token goes in on

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shlex
 import ssl
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from conftest import (
     REPO,
     RUNNER,
     _PinnedHTTPSConnection,
+    changed_in,
     edge_connection,
     get_host,
     group,
@@ -492,6 +494,36 @@ def test_with_the_exchange_down_the_edge_shows_an_error_and_nothing_reaches_cons
     sign_out(session)
 
 
+def test_a_session_past_its_lifetime_gets_no_new_token(browser):
+    """oauth2-proxy still accepts the cookie (its cookie_expire is 8 h), but
+    the exchange runs with a 12 s session lifetime: once the session is older
+    than that, the edge answers 401 and Consul gets no login for it."""
+    edge = get_host(group("edge")[0])
+    unit = "consul-edge-exchange.service"
+    exec_start = next(line for line in edge.check_output(f"systemctl cat {unit}").splitlines()
+                      if line.startswith("ExecStart="))
+    short = re.sub(r"--session-lifetime \S+", "--session-lifetime 12s", exec_start)
+    assert short != exec_start, exec_start
+    drop_in = f"/etc/systemd/system/{unit}.d/test-short-session.conf"
+    edge.check_output(f"mkdir -p /etc/systemd/system/{unit}.d && printf '%s\\n' '[Service]' 'ExecStart=' "
+                      f"{shlex.quote(short)} > {drop_in}")
+    edge.check_output(f"systemctl daemon-reload && systemctl restart {unit}")
+    try:
+        session = edge_session(browser, "reader")
+        first = own_token(session)
+        signed_in = moment(json.loads(first["Description"].split(": ", 1)[1])["signed_in_at"])
+        # Past the lifetime and the 10 s recheck: the exchange asks again.
+        time.sleep(max(0.0, 13 - (datetime.now(signed_in.tzinfo) - signed_in).total_seconds()))
+        before = {t["AccessorID"] for t in sign_in_tokens()}
+        answer = session.get(f"{BASE_URL}/v1/acl/token/self")
+        assert answer.status_code == 401, (answer.status_code, answer.text[:200])
+        assert {t["AccessorID"] for t in sign_in_tokens()} <= before
+        status, text = consul("acl/token/self", token=first["SecretID"])
+        assert status == 403 and "ACL not found" in text, "the ended session's token is still valid"
+    finally:
+        edge.check_output(f"rm -f {drop_in} && systemctl daemon-reload && systemctl restart {unit}")
+
+
 def test_consul_down_at_the_exchange_fails_closed(browser):
     """A new session while the edge's agent is stopped: 503, no token."""
     edge = get_host(group("edge")[0])
@@ -573,21 +605,28 @@ def sign_in_without_a_browser(user: str) -> requests.Session:
     return session
 
 
+def sign_in_and_out(_: int) -> str:
+    """One cycle: the accessor ID of the token the session held."""
+    session = sign_in_without_a_browser("reader")
+    accessor_id = own_token(session)["AccessorID"]
+    assert sign_out(session) == 302
+    return accessor_id
+
+
 def test_sign_in_and_sign_out_cycles_leave_no_pile_of_tokens():
+    """One after the other: the lab's Hydra keeps its state in SQLite, and
+    four sign-ins at a time fail there now and then with "database is
+    locked" (a lab limit; a real provider is not ours to test)."""
     before = {t["AccessorID"] for t in sign_in_tokens()}
-    made = set()
     started = time.monotonic()
-    for _ in range(CYCLES):
-        with localhost_names_on_loopback():
-            session = sign_in_without_a_browser("reader")
-        made.add(own_token(session)["AccessorID"])
-        assert sign_out(session) == 302
+    with localhost_names_on_loopback():
+        made = [sign_in_and_out(n) for n in range(CYCLES)]
     took = time.monotonic() - started
     after = {t["AccessorID"] for t in sign_in_tokens()}
-    print(f"{CYCLES} sign-in/sign-out cycles in {took:.1f} s: {len(made)} tokens made, "
+    print(f"{CYCLES} sign-in/sign-out cycles in {took:.1f} s: {len(set(made))} tokens made, "
           f"{len(after)} sign-in tokens in Consul before {len(before)} after")
-    assert len(made) == CYCLES
-    assert not (after & made)
+    assert len(set(made)) == CYCLES
+    assert not (after & set(made))
     assert after <= before
 
 
@@ -623,10 +662,17 @@ def test_a_re_run_removes_the_group_tokens_an_earlier_version_left():
         status, text = consul(f"acl/token/{accessor_id}", token=management())
         assert status in (403, 404) and "not found" in text.lower(), (name, status, text)
     assert not any(edge.file(path).exists for path in files)
-    again = run_playbook("site.yml", *scope)
-    assert again.returncode == 0, again.stdout[-3000:]
-    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", again.stdout, re.MULTILINE)
-    assert recap and all(changed == "0" for _, changed in recap), again.stdout[-3000:]
+    # Only the removals changed anything (and nginx reloaded for the map): the
+    # cluster is back in the state whose re-run molecule's idempotence step
+    # checks, so no second run is needed to show the migration settles.
+    first_server, edge_name = group("consul_servers")[0], group("edge")[0]
+    assert changed_in(migrated.stdout) == {
+        ("consul_acl : Delete the tokens of earlier versions and of nodes no longer in the inventory",
+         first_server),
+        ("edge_nginx : Create the edge's folders, and remove Debian's default site and the files of "
+         "earlier versions", edge_name),
+        ("edge_nginx : Reload nginx", edge_name),
+    }, sorted(changed_in(migrated.stdout))
 
 
 JWT_LIKE = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")
