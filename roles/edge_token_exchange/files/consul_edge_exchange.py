@@ -267,6 +267,12 @@ class Exchange:
         claims = jwt_claims(id_token)
         signed_in_at = numeric(claims.get("auth_time")) or numeric(claims.get("iat")) or now
         expires = numeric(claims.get("exp"))
+        # oauth2-proxy may still accept a cookie whose session is over here
+        # (a cached session ran out, or its own cookie_expire is longer): no
+        # token is made that would end before it is used.
+        if signed_in_at + self.args.session_lifetime <= now:
+            self.drop(key, "the session is older than its lifetime")
+            return 401, None, "the session is older than its lifetime: sign in again"
         try:
             token = await self.login(id_token, user, signed_in_at)
         except PermissionError as err:
