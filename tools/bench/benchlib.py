@@ -7,6 +7,7 @@ secrets folders; nothing needs a network route into the lab.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -140,7 +141,26 @@ def machine() -> dict:
                  check=False).strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1),
             "kernel": platform.release(), "os": platform.platform(), "docker": docker,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "cpu_reference_s": cpu_reference()}
+
+
+def cpu_reference() -> float:
+    """Seconds one core takes for a fixed piece of work (SHA-256 over
+    256 MiB and a million-step Python loop), best of three. This VM's
+    speed differs from day to day by a third: figures from two days compare
+    only through this."""
+    block = bytes(2**20)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        digest = hashlib.sha256()
+        for _ in range(256):
+            digest.update(block)
+        total = 0
+        for i in range(1_000_000):
+            total += i * i
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
 
 
 def write_report(name: str, data: dict) -> Path:
