@@ -77,6 +77,45 @@ def test_even_number_of_servers(tmp_path):
     stopped_in_preflight(run_site(tmp_path, servers=SERVERS[:2]), ["has 2 servers", "odd number"])
 
 
+def two_datacenters(tmp_path, dc1: list[str], dc2: list[str], clients2: list[str], extra_dc1=None,
+                    primary="dc1") -> str:
+    """The lab's shape with a second datacenter: a group per datacenter that
+    sets platform_datacenter, both sets of servers in consul_servers."""
+    inventory = write_inventory(tmp_path / "hosts.yml", dc1 + dc2, CLIENTS + clients2,
+                                {"platform_primary_datacenter": primary})
+    data = yaml.safe_load(inventory.read_text(encoding="utf-8"))
+    children = data["all"]["children"]
+    children["dc1"] = {"hosts": {h: None for h in dc1 + CLIENTS + (extra_dc1 or [])},
+                       "vars": {"platform_datacenter": "dc1"}}
+    children["dc2"] = {"hosts": {h: None for h in dc2 + clients2}, "vars": {"platform_datacenter": "dc2"}}
+    inventory.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return str(inventory)
+
+
+DC2 = ["preflight-dc2-server-1"]
+
+
+def test_two_datacenters_pass_preflight(tmp_path):
+    # The control case for the rules below.
+    inventory = two_datacenters(tmp_path, SERVERS, DC2, ["preflight-dc2-app-1"])
+    result = ansible_playbook("-i", inventory, "playbooks/preflight.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("shape", "expected"), [
+    ({"dc2": DC2 + ["preflight-dc2-server-2"]}, ["datacenter 'dc2' has 2 servers", "odd number"]),
+    ({"dc2": [], "clients2": ["preflight-dc2-app-1"]}, ["datacenter 'dc2' has hosts but no server"]),
+    ({"extra_dc1": DC2}, ["host preflight-dc2-server-1 is in the groups of two datacenters (dc1, dc2)"]),
+    ({"primary": "dc3"}, ["the primary datacenter 'dc3' (platform_primary_datacenter) has no host"]),
+    ({"primary": "DC 1"}, ["consul_primary_datacenter 'DC 1' is not a datacenter name"]),
+], ids=["even-servers-in-dc2", "dc2-without-server", "host-in-two-datacenters", "primary-without-servers",
+        "primary-bad-name"])
+def test_datacenter_layout_is_checked(tmp_path, shape, expected):
+    inventory = two_datacenters(tmp_path, SERVERS, shape.get("dc2", DC2), shape.get("clients2", []),
+                                shape.get("extra_dc1"), shape.get("primary", "dc1"))
+    stopped_in_preflight(ansible_playbook("-i", inventory, "site.yml"), ["consul:", *expected])
+
+
 def test_good_inventory_passes_preflight(tmp_path):
     # The control case: the same inventory, without a bad value, gets through
     # the preflight play (which touches no host either).

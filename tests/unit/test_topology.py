@@ -29,7 +29,12 @@ def test_molecule_platforms_are_the_lab_hosts_with_their_groups():
 def test_groups_include_their_children():
     groups = lab_inventory.groups()
     assert set(groups["consul_clients"]) == set(groups["app"]) | set(groups["edge"])
-    assert len(groups["consul_servers"]) == 3
+    # Three servers in dc1, one in dc2; every Consul node in one datacenter.
+    assert len(set(groups["consul_servers"]) & set(groups["dc1"])) == 3
+    assert len(set(groups["consul_servers"]) & set(groups["dc2"])) == 1
+    nodes = set(groups["consul_servers"]) | set(groups["consul_clients"])
+    assert nodes == set(groups["dc1"]) | set(groups["dc2"])
+    assert not set(groups["dc1"]) & set(groups["dc2"])
 
 
 def test_no_tool_names_a_lab_host():

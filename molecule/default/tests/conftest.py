@@ -41,8 +41,17 @@ sys.path.insert(0, str(REPO / "tools" / "bench" / "probes"))
 from keepalive import SteadyGets  # noqa: E402
 
 
-def group(name: str) -> list[str]:
-    return sorted(RUNNER.get_hosts(name))
+# The scenario's datacenters (molecule.yml: groups dc1 and dc2). Most tests
+# look at the primary, dc1; test_datacenters.py at both.
+PRIMARY_DC = "dc1"
+
+
+def group(name: str, datacenter: str | None = PRIMARY_DC) -> list[str]:
+    """The hosts of an inventory group in one datacenter (None: in all)."""
+    hosts = set(RUNNER.get_hosts(name))
+    if datacenter is not None:
+        hosts &= set(RUNNER.get_hosts(datacenter))
+    return sorted(hosts)
 
 
 def get_host(name: str):
@@ -252,7 +261,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def autopilot_healthy(host) -> bool:
-    """All three servers healthy in autopilot's view from `host` (200; 429
+    """All three servers of dc1 healthy in autopilot's view from `host` (200; 429
     while a server is missing or catching up). A moment's view only: on 2
     busy cores a follower's last contact can pass autopilot's 200 ms
     threshold for a moment, so tests wait for it and never assert it once."""

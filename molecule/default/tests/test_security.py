@@ -161,7 +161,7 @@ def test_exactly_one_management_token_the_persisted_one(servers):
 def test_every_node_has_its_agent_token(servers):
     tokens = consul_api(servers[0], "acl/tokens")
     identities = {n["NodeName"] for t in tokens for n in t.get("NodeIdentities", [])}
-    assert identities == set(group("consul_servers") + group("consul_clients"))
+    assert identities == set(group("consul_servers", None) + group("consul_clients", None))
 
 
 # --- Gossip and RPC encryption ----------------------------------------------------

@@ -29,6 +29,9 @@ def consul_secret_files(nodes: list[str], gossip_given: bool, bootstrap_given: b
         files.append({"path": "consul_acl_bootstrap_token", "kind": "uuid"})
     files += [{"path": f"consul_tokens/agent-{node}", "kind": "uuid"} for node in nodes]
     files.append({"path": "consul_tokens/dns", "kind": "uuid"})
+    # The secondary datacenters' servers replicate ACLs with it; consul_acl
+    # creates it in Consul only when the inventory has a secondary datacenter.
+    files.append({"path": "consul_tokens/replication", "kind": "uuid"})
     return files
 
 

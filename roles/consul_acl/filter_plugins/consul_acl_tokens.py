@@ -159,17 +159,28 @@ def consul_acl_file_deliveries(tokens: list[dict[str, Any]], groups: dict[str, l
 
 
 def consul_acl_api_tokens(tokens: list[dict[str, Any]], nodes: list[str], datacenter: str,
-                         dns_policy: str = "dns-read") -> list[dict[str, Any]]:
+                         dns_policy: str = "dns-read",
+                         node_datacenters: dict[str, str] | None = None,
+                         replication_policy: str | None = None) -> list[dict[str, Any]]:
     """Every token to create in Consul, in one list: the agent token of each
-    node (node identity), the DNS token, then the consumer tokens.
+    node (node identity), the DNS token, the replication token when there
+    is a secondary datacenter, then the consumer tokens.
 
-    key names the token for its derived accessor ID (stable across runs);
-    secret is its file in <secrets>/consul_tokens."""
+    datacenter is the primary one, where tokens are made (and part of each
+    token's key); node_datacenters says another datacenter for a node's
+    identity. key names the token for its derived accessor ID (stable across
+    runs); secret is its file in <secrets>/consul_tokens."""
+    where = node_datacenters or {}
     api = [{"key": f"{datacenter}/agent/{node}", "secret": f"agent-{node}",
             "description": f"Agent token of {node}",
-            "node_identities": [{"node_name": node, "datacenter": datacenter}]} for node in nodes]
+            "node_identities": [{"node_name": node, "datacenter": where.get(node, datacenter)}]}
+           for node in nodes]
     api.append({"key": f"{datacenter}/dns", "secret": "dns", "description": "DNS interface of every agent",
                 "policies": [dns_policy]})
+    if replication_policy:
+        api.append({"key": f"{datacenter}/replication", "secret": "replication",
+                    "description": "ACL replication of the secondary datacenters' servers",
+                    "policies": [replication_policy]})
     api += [{"key": f"{datacenter}/token/{t['name']}", "secret": t["name"],
              "description": t.get("description", t["name"]), "policies": t["policies"]} for t in tokens]
     return api
