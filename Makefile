@@ -62,7 +62,7 @@ lab: image mirror wheelhouse ## Set up everything, bring up the lab, run site.ym
 	@$(MAKE) --no-print-directory lab-status
 
 .PHONY: bench
-bench: bench-converge bench-scale bench-propagation bench-edge bench-failover bench-handover bench-hardening bench-idp-login ## Every benchmark, then docs/bench/REPORT.md (takes ~50 min)
+bench: bench-converge bench-scale bench-propagation bench-edge bench-failover bench-handover bench-hardening bench-idp-login bench-wan ## Every benchmark, then docs/bench/REPORT.md (takes ~50 min)
 	$(BIN)/python tools/bench/bench_report.py
 
 .PHONY: bench-converge
@@ -96,6 +96,10 @@ bench-hardening: lab ## systemd-analyze security of every unit on the lab (docs/
 .PHONY: bench-idp-login
 bench-idp-login: lab ## The lab IdP's login: unknown vs known user names, same time? (docs/bench/idp_login.json)
 	$(BIN)/python tools/bench/bench_idp_login.py
+
+.PHONY: bench-wan
+bench-wan: lab ## ACL replication lag: a token made in dc1 until it works in dc2, p50/p99 (docs/bench/wan.json)
+	$(BIN)/python tools/bench/bench_wan.py
 
 .PHONY: bench-report
 bench-report: venv ## Rewrite docs/bench/REPORT.md from the JSON reports

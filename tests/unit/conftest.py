@@ -73,7 +73,8 @@ def write_inventory(path: Path, servers: list[str], clients: list[str],
 
 def ansible_playbook(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-           "ANSIBLE_FILTER_PLUGINS": f"{REPO / 'roles/consul/filter_plugins'}:{REPO / 'roles/platform/filter_plugins'}",
+           "ANSIBLE_FILTER_PLUGINS": ":".join(str(REPO / "roles" / role / "filter_plugins")
+                                              for role in ("consul", "platform")),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_STDOUT_CALLBACK": "default"}
     return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), *args],
                           check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -103,7 +103,7 @@ def test_two_datacenters_pass_preflight(tmp_path):
 
 
 @pytest.mark.parametrize(("shape", "expected"), [
-    ({"dc2": DC2 + ["preflight-dc2-server-2"]}, ["datacenter 'dc2' has 2 servers", "odd number"]),
+    ({"dc2": [*DC2, "preflight-dc2-server-2"]}, ["datacenter 'dc2' has 2 servers", "odd number"]),
     ({"dc2": [], "clients2": ["preflight-dc2-app-1"]}, ["datacenter 'dc2' has hosts but no server"]),
     ({"extra_dc1": DC2}, ["host preflight-dc2-server-1 is in the groups of two datacenters (dc1, dc2)"]),
     ({"primary": "dc3"}, ["the primary datacenter 'dc3' (platform_primary_datacenter) has no host"]),

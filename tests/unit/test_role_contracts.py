@@ -296,3 +296,19 @@ SIGN_IN_RULES = [{"name": "admins", "auth_method": "idp", "selector": '"a" in li
         "nothing-known"])
 def test_sign_in_data_that_names_what_does_not_exist_is_named(rules, roles, methods, expected):
     assert acl.consul_acl_login_problems(rules, roles, methods) == expected
+
+
+def test_node_identities_name_each_nodes_datacenter_and_a_secondary_gets_a_replication_token():
+    api = acl.consul_acl_api_tokens([], ["s-1", "dc2-s-1"], "dc1", node_datacenters={"dc2-s-1": "dc2"},
+                                    replication_policy="acl-replication")
+    identities = {t["secret"]: t["node_identities"] for t in api if "node_identities" in t}
+    assert identities == {"agent-s-1": [{"node_name": "s-1", "datacenter": "dc1"}],
+                          "agent-dc2-s-1": [{"node_name": "dc2-s-1", "datacenter": "dc2"}]}
+    # Every key is the primary's: accessor IDs stay stable whatever the node's datacenter.
+    assert all(t["key"].startswith("dc1/") for t in api)
+    replication = [t for t in api if t["secret"] == "replication"]
+    assert replication == [{"key": "dc1/replication", "secret": "replication",
+                            "description": "ACL replication of the secondary datacenters' servers",
+                            "policies": ["acl-replication"]}]
+    # One datacenter: no replication token.
+    assert not [t for t in acl.consul_acl_api_tokens([], ["s-1"], "dc1") if t["secret"] == "replication"]

@@ -114,7 +114,9 @@ def plot(summary: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=100)
-    parser.add_argument("--apps", nargs="+", default=lab_inventory.group("app"))
+    # The primary's app hosts: KV is per datacenter, and the change is written there.
+    parser.add_argument("--apps", nargs="+",
+                        default=lab_inventory.group("app", lab_inventory.primary_datacenter()))
     parser.add_argument("--probe-host", default=lab_inventory.first("edge"))
     parser.add_argument("--token-file", default="",
                         help="on the probe host: a token that may write the key "

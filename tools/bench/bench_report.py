@@ -289,10 +289,24 @@ def idp_login_section(data: dict | None, summary: list) -> list[str]:
     return [*out, ""]
 
 
+def wan_section(data: dict | None, summary: list) -> list[str]:
+    out = ["## WAN: ACL replication lag, dc1 to dc2", ""]
+    if not data:
+        return out + missing("wan", "bench-wan")
+    r = data["results"]
+    out += [data["setup"] + ".", ""]
+    out += table(["tokens", "usable in dc2", "timeouts", "p50 ms", "p99 ms", "max ms", "create p50 ms"],
+                 [[r["rounds"], r["usable"], r["timeouts"], r["p50_ms"], r["p99_ms"], r["max_ms"],
+                   r["create_p50_ms"]]])
+    summary.append(["token made in dc1 until usable in dc2, p50 / p99", f"{r['p50_ms']} / {r['p99_ms']} ms",
+                    "reported", verdict(r["timeouts"] == 0)])
+    return [*out, ""]
+
+
 def main() -> int:
     reports = {n: load(n) for n in ("converge", "propagation", "edge", "failover", "handover",
                                     "scale",
-                                    "hardening", "chaos", "idp_login")}
+                                    "hardening", "chaos", "idp_login", "wan")}
     summary: list[list[object]] = []
     sections = (converge_section(reports["converge"], summary)
                 + propagation_section(reports["propagation"], summary)
@@ -302,6 +316,7 @@ def main() -> int:
                 + scale_section(reports["scale"], summary)
                 + hardening_section(reports["hardening"], summary)
                 + idp_login_section(reports["idp_login"], summary)
+                + wan_section(reports["wan"], summary)
                 + chaos_section(reports["chaos"], summary))
     dated = [r for r in reports.values() if r and "machine" in r and "cpu" in r["machine"]]
     latest = max(dated, key=lambda r: r["measured_at"]) if dated else None
@@ -313,8 +328,9 @@ def main() -> int:
         m = latest["machine"]
         lines += [f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
                   f"kernel {m['kernel']}, docker {m['docker']}, Python {m['python']}. "
-                  "The lab is systemd containers on this one machine (3 servers, app-1, "
-                  "app-2, edge-1, idp-1), so every figure shares the same 2 cores.", ""]
+                  "The lab is systemd containers on this one machine (dc1: 3 servers, app-1, "
+                  "app-2, edge-1, idp-1; dc2: 1 server, an app host), so every figure shares the "
+                  "same 2 cores.", ""]
         lines += ["Measured at: " + ", ".join(
             f"{name} {r.get('measured_at', r.get('date', '?'))}"
             for name, r in reports.items() if r), ""]

@@ -175,7 +175,9 @@ def write_report(name: str, data: dict) -> Path:
 
 
 # The lab's Consul servers, seen from outside: leader, health, kills.
-SERVERS = lab_inventory.group("consul_servers")
+# The primary datacenter's servers: the raft the failover and hand-over
+# benchmarks measure.
+SERVERS = lab_inventory.group("consul_servers", lab_inventory.primary_datacenter())
 MANAGEMENT_TOKEN = LAB_SECRETS / "consul_acl_bootstrap_token"
 
 

@@ -32,12 +32,25 @@ def groups(path: Path = HOSTS_FILE) -> dict[str, list[str]]:
     return found
 
 
-def group(name: str) -> list[str]:
+@cache
+def primary_datacenter() -> str:
+    """The lab's primary datacenter (group_vars/all/consul.yml)."""
+    settings_file = HOSTS_FILE.parent / "group_vars" / "all" / "consul.yml"
+    settings = yaml.safe_load(settings_file.read_text(encoding="utf-8"))
+    return settings.get("platform_primary_datacenter", "dc1")
+
+
+def group(name: str, datacenter: str | None = None) -> list[str]:
+    """The group's hosts, all of them or those of one datacenter (the group
+    named after it)."""
     hosts = groups().get(name)
+    if datacenter is not None:
+        hosts = [h for h in hosts or [] if h in groups().get(datacenter, [])]
     if not hosts:
-        raise SystemExit(f"the lab inventory {HOSTS_FILE} has no hosts in group {name!r}")
+        raise SystemExit(f"the lab inventory {HOSTS_FILE} has no hosts in group {name!r}"
+                         f"{'' if datacenter is None else ' in datacenter ' + datacenter}")
     return hosts
 
 
-def first(name: str) -> str:
-    return group(name)[0]
+def first(name: str, datacenter: str | None = None) -> str:
+    return group(name, datacenter)[0]

@@ -35,6 +35,8 @@ def main() -> int:
     print(consul("members"))
     print("\n== Raft peers")
     print(consul("operator", "raft", "list-peers"))
+    print("\n== The WAN pool (the servers of every datacenter)")
+    print(consul("members", "-wan"))
     print(f"""
 == How to reach the lab
   A shell on a node:        docker exec -it {SERVER} bash

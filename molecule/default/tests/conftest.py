@@ -40,7 +40,6 @@ TRIXIE_IMAGE = "consul-platform/debian-systemd:trixie"
 sys.path.insert(0, str(REPO / "tools" / "bench" / "probes"))
 from keepalive import SteadyGets  # noqa: E402
 
-
 # The scenario's datacenters (molecule.yml: groups dc1 and dc2). Most tests
 # look at the primary, dc1; test_datacenters.py at both.
 PRIMARY_DC = "dc1"

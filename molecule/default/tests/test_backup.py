@@ -105,7 +105,8 @@ def test_restore_onto_servers_that_lost_their_data(servers, clients, apps, base_
         fetched = run_playbook("fetch_consul_snapshot.yml", "-e", "consul_snapshot_fetch_fresh=true")
         assert fetched.returncode == 0, fetched.stdout[-3000:]
         folder = SECRETS / "snapshots"
-        snapshot = max(folder.glob("consul-*.snap"))
+        # Each datacenter's newest is fetched; dc1's is restored here.
+        snapshot = max(folder.glob("consul-dc1-*.snap"))
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         assert stat.S_IMODE(snapshot.stat().st_mode) == 0o600
         assert str(snapshot) in fetched.stdout
@@ -120,7 +121,7 @@ def test_restore_onto_servers_that_lost_their_data(servers, clients, apps, base_
         # Every server loses its data; the servers are converged anew.
         for each in servers:
             assert each.run("systemctl stop consul && find /opt/consul -mindepth 1 -delete").rc == 0
-        rebuilt = run_playbook("site.yml", "--limit", "consul_servers")
+        rebuilt = run_playbook("site.yml", "--limit", "consul_servers:&dc1")
         assert rebuilt.returncode == 0, rebuilt.stdout[-3000:]
         assert api_call(server, f"kv/{KEY}")[0] == 404, "the rebuilt cluster still had the old data"
 
@@ -179,4 +180,15 @@ def test_restore_without_a_file_stops_with_the_variable_named():
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "consul_snapshot_restore_file" in output and "is not a file" in output, output[-2000:]
+    assert "Restore the snapshot into the cluster" not in output
+
+
+def test_a_snapshot_of_another_datacenter_is_not_restored_into_this_one(tmp_path):
+    # Named as dc2's timer names its snapshots; the first server is dc1's.
+    other = tmp_path / "consul-dc2-20260101-000000.snap"
+    other.write_bytes(b"never streamed to a server")
+    result = run_playbook("restore_consul_snapshot.yml", "-e", f"consul_snapshot_restore_file={other}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "snapshot of another datacenter than dc1" in output, output[-2000:]
     assert "Restore the snapshot into the cluster" not in output

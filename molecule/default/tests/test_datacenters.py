@@ -19,8 +19,8 @@ from contextlib import contextmanager
 
 import pytest
 from conftest import (
-    KVLedger,
     RUNNER,
+    KVLedger,
     api_call,
     consul_api,
     dns_a_records,
@@ -91,7 +91,8 @@ def kv_status_with(host, secret: str, path: str, method: str = "GET", data: str 
     name = container(host.backend.host)
     script = ('read -r t; curl -sS -o /dev/null -w "%{http_code}" -X "$1" -H "X-Consul-Token: $t" '
               '--data-binary "$2" "http://127.0.0.1:8500/v1/kv/$3"')
-    result = subprocess.run(["docker", "exec", "-i", name, "sh", "-c", script, "sh", method, data or "", path],
+    result = subprocess.run(["docker", "exec", "-i", name, "sh", "-c", script, "sh", method, data or "",
+                             path],
                             input=secret + "\n", text=True, capture_output=True, check=False, timeout=30)
     return int(result.stdout.strip() or 0)
 
@@ -276,7 +277,8 @@ def test_wan_partition_both_sides_serve_lose_nothing_and_replication_catches_up(
         assert failed_in_cut == [], failed_in_cut[:5]
         status = consul_api(dc2_server, "acl/replication")
         assert status["Running"] and status["LastSuccess"] >= status["LastError"], status
-        record_figures("WAN partition drill", cut_detected_s=round(detected, 1), cut_held_s=round(held_for, 1),
+        record_figures("WAN partition drill", cut_detected_s=round(detected, 1),
+                       cut_held_s=round(held_for, 1),
                        rejoined_s=round(rejoined, 1), late_token_usable_s=round(rejoined + caught_up, 1),
                        dc1_writes=dc1_ledger.ok, dc2_writes=dc2_ledger.ok)
     finally:

@@ -44,7 +44,8 @@ def platform_datacenter_problems(groups: Mapping[str, list[str]], hostvars: Mapp
     for dc in datacenters:
         count = sum(1 for host, hdc in of.items() if hdc == dc and host in servers)
         if count == 0 and dc == primary:
-            problems.append(f"the primary datacenter '{primary}' (platform_primary_datacenter) has no host of "
+            problems.append(f"the primary datacenter '{primary}' (platform_primary_datacenter) has no "
+                            f"host of "
                             f"'{servers_group}'; the ACL system lives there, so it needs its servers")
         elif count == 0:
             problems.append(f"datacenter '{dc}' has hosts but no server of '{servers_group}': add one, three "
