@@ -126,7 +126,8 @@ def api_call(host, path: str, method: str = "GET", data: str | None = None,
              token: str | None = "management", port: int = 8500) -> tuple[int, str]:
     """Call the agent's loopback HTTP API on `host` with a named token (None:
     anonymous); return (HTTP status, body)."""
-    cmd = f"curl -sS -w '\\n%{{http_code}}' -X {method} http://127.0.0.1:{port}/v1/{path}"
+    # Quoted: a query string's "&" would end the command in the shell.
+    cmd = f"curl -sS -w '\\n%{{http_code}}' -X {method} {_quote(f'http://127.0.0.1:{port}/v1/{path}')}"
     if token is not None:
         cmd += f" -H @{_header_file(host, token)}"
     if data is not None:
