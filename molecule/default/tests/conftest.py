@@ -43,13 +43,20 @@ from keepalive import SteadyGets  # noqa: E402
 # The scenario's datacenters (molecule.yml: groups dc1 and dc2). Most tests
 # look at the primary, dc1; test_datacenters.py at both.
 PRIMARY_DC = "dc1"
+DATACENTERS = ("dc1", "dc2")
 
 
 def group(name: str, datacenter: str | None = PRIMARY_DC) -> list[str]:
-    """The hosts of an inventory group in one datacenter (None: in all)."""
+    """The hosts of an inventory group in one datacenter (None: in all). A
+    host in no datacenter's group is in the primary, as the roles see it
+    (the IdP; the drills' extra servers)."""
     hosts = set(RUNNER.get_hosts(name))
     if datacenter is not None:
-        hosts &= set(RUNNER.get_hosts(datacenter))
+        for other in DATACENTERS:
+            if other != datacenter:
+                hosts -= set(RUNNER.get_hosts(other))
+        if datacenter != PRIMARY_DC:
+            hosts &= set(RUNNER.get_hosts(datacenter))
     return sorted(hosts)
 
 
