@@ -290,7 +290,8 @@ def _docker_run_args(name: str, image: str | None = None, hosts: dict[str, str] 
     args += [f"--volume={v}" for v in host["volumes"]]
     args += [f"--tmpfs={t}" for t in host["tmpfs"]]
     args += [f"--env={k}={v}" for k, v in host["env"].items()]
-    args += [f"--network={n['name']}" for n in host["docker_networks"]]
+    # dc1's network, the first: spares and rebuilt hosts are dc1's.
+    args.append(f"--network={host['docker_networks'][0]['name']}")
     args += [f"--add-host={hostname}:{address}" for hostname, address in (hosts or {}).items()]
     return [*args, image or host["image"], host["command"]]
 

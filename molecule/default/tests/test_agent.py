@@ -108,7 +108,8 @@ def test_http_api_only_on_loopback(host):
 HTTPS_GET = """
 import ssl, sys, urllib.request
 context = ssl.create_default_context(cafile=sys.argv[1] or None)
-print(urllib.request.urlopen("https://127.0.0.1:8501/v1/status/leader", context=context, timeout=5).read().decode())
+answer = urllib.request.urlopen("https://127.0.0.1:8501/v1/status/leader", context=context, timeout=5)
+print(answer.read().decode())
 """
 
 

@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--key", required=True)
     parser.add_argument("--poll-ms", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--spacing", type=float, default=0.2, help="seconds between rounds")
     args = parser.parse_args()
     management = sys.stdin.readline().strip()
     lags, timeouts, create_ms = [], 0, []
@@ -67,7 +68,7 @@ def main() -> int:
         else:
             lags.append(lag * 1000)
         call(f"/v1/acl/token/{token['AccessorID']}", management, "DELETE")
-        time.sleep(0.2)
+        time.sleep(args.spacing)
     print(json.dumps({"rounds": args.rounds, "lag_ms": lags, "timeouts": timeouts,
                       "create_ms": create_ms}))
     return 0
