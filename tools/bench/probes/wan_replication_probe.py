@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--spacing", type=float, default=0.2, help="seconds between rounds")
     args = parser.parse_args()
     management = sys.stdin.readline().strip()
-    lags, timeouts, create_ms = [], 0, []
+    lags, timeouts, create_ms, timed_out = [], 0, [], []
     for n in range(args.rounds):
         started = time.monotonic()
         status, body = call("/v1/acl/token", management, "PUT", {
@@ -56,21 +56,23 @@ def main() -> int:
         created = time.monotonic()
         create_ms.append((created - started) * 1000)
         token = json.loads(body)
-        lag = None
+        lag, status, answer = None, 0, b""
         while time.monotonic() - created < args.timeout:
-            status, _ = call(f"/v1/kv/{args.key}", token["SecretID"])
+            status, answer = call(f"/v1/kv/{args.key}", token["SecretID"])
             if status in (200, 404):
                 lag = time.monotonic() - created
                 break
             time.sleep(args.poll_ms / 1000)
         if lag is None:
             timeouts += 1
+            # What the secondary still answered at the end, for the report.
+            timed_out.append({"round": n, "status": status, "answer": answer.decode(errors="replace")[:300]})
         else:
             lags.append(lag * 1000)
         call(f"/v1/acl/token/{token['AccessorID']}", management, "DELETE")
         time.sleep(args.spacing)
     print(json.dumps({"rounds": args.rounds, "lag_ms": lags, "timeouts": timeouts,
-                      "create_ms": create_ms}))
+                      "timed_out": timed_out, "create_ms": create_ms}))
     return 0
 
 
