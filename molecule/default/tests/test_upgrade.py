@@ -131,7 +131,10 @@ def drill(tmp_path_factory):
     inventory = str(write_inventory(folder, hosts, {
         **scenario_settings(),
         "platform_secrets_dir": str(folder / "secrets"),
+        # A platform of one datacenter of its own (the scenario's names dc1
+        # the primary).
         "platform_datacenter": "upgrade",
+        "platform_primary_datacenter": "upgrade",
         "consul_version": older[0],
         "edge_public_url": edge_url,
         "edge_nginx_public_url": edge_url,
