@@ -158,7 +158,9 @@ def run_edge_preflight(tmp_path, edge_vars, playbook="site.yml"):
             "oauth2_proxy_oidc_issuer_url": "https://idp.example.com",
             "oauth2_proxy_public_url": "https://consul.example.com",
             "oauth2_proxy_client_secret": "s3cret-from-vault",
-            "edge_nginx_public_url": "https://consul.example.com",
+            "edge_nginx_public_url": "https://www.example.com",
+            "edge_nginx_ui_url": "https://consul.example.com",
+            "edge_nginx_app_networks": ["10.0.1.0/24"],
             "edge_token_exchange_auth_method": "company-sso",
             **edge_vars}}}
     inventory.write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -168,6 +170,11 @@ def run_edge_preflight(tmp_path, edge_vars, playbook="site.yml"):
 @pytest.mark.parametrize(("edge_vars", "expected"), [
     ({"oauth2_proxy_oidc_issuer_url": "http://idp.example.com"}, ["oauth2_proxy_oidc_issuer_url", "https://"]),
     ({"edge_nginx_public_url": "consul.example.com"}, ["edge_nginx_public_url", "https:// URL"]),
+    ({"edge_nginx_ui_url": "consul.example.com"}, ["edge_nginx_ui_url", "own origin"]),
+    ({"edge_nginx_ui_url": "https://www.example.com/ui/"}, ["edge_nginx_ui_url", "origin of its own"]),
+    ({"edge_nginx_app_networks": []}, ["edge_nginx_app_networks is empty", "CIDR"]),
+    ({"edge_nginx_app_networks": ["app-1"]}, ["edge_nginx_app_networks", "CIDR networks"]),
+    ({"oauth2_proxy_cookie_name": "_consul_edge_session"}, ["oauth2_proxy_cookie_name", "__Host-"]),
     ({"oauth2_proxy_allowed_groups": []}, ["oauth2_proxy_allowed_groups is empty"]),
     ({"oauth2_proxy_client_secret": None}, ["no OAuth2 client secret", "oauth2_proxy_client_secret_file"]),
     ({"edge_nginx_tls_cert": "-----BEGIN CERTIFICATE-----"}, ["edge_nginx_tls_cert and edge_nginx_tls_key"]),
@@ -179,7 +186,8 @@ def run_edge_preflight(tmp_path, edge_vars, playbook="site.yml"):
     ({"edge_token_exchange_session_lifetime": "8 hours"}, ["edge_token_exchange_session_lifetime",
                                                           "durations like 8h"]),
     ({"edge_token_exchange_recheck": ""}, ["edge_token_exchange_recheck", "durations like 8h"]),
-], ids=["issuer-http", "public-url", "no-groups", "no-client-secret", "cert-without-key", "no-auth-method",
+], ids=["issuer-http", "public-url", "ui-url", "ui-same-origin", "no-app-networks", "app-network-name",
+         "cookie-not-host-only", "no-groups", "no-client-secret", "cert-without-key", "no-auth-method",
         "auth-method-newline", "cookie-name", "lifetime", "recheck-empty"])
 def test_bad_edge_variable_is_named_with_its_fix(tmp_path, edge_vars, expected):
     stopped_in_preflight(run_edge_preflight(tmp_path, edge_vars), expected)

@@ -19,10 +19,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lab_inventory
+import localhost_names
 from benchlib import (
     LAB_SECRETS,
     MANAGEMENT_TOKEN,
@@ -38,10 +40,12 @@ from benchlib import (
 )
 from lab_browser import session_cookie, sign_in, trusted_browser
 
+localhost_names.install()
 PROBE = REPO / "tools" / "bench" / "probes" / "edge_probe.py"
 KEEPALIVE = REPO / "tools" / "bench" / "probes" / "keepalive.py"
 SECRETS = LAB_SECRETS
-BASE_URL = "https://localhost:8443"
+# The Consul UI's own origin at the edge (the lab's edge_ui_url).
+BASE_URL = "https://consul.localhost:8443"
 LABELS = {
     "app_direct": "/ straight to the first app host",
     "edge_root": "/ through nginx (TLS)",
@@ -101,7 +105,9 @@ def fresh_sessions(count: int, user: str, password: str) -> list[str]:
     cookies = []
     with trusted_browser(SECRETS / "web-ca" / "web-ca.pem") as browser:
         for _ in range(count):
-            context, _ = sign_in(browser, BASE_URL, user, password, start="/oauth2/start?rd=%2F")
+            # Back to a page that asks nothing of the exchange: the first
+            # request of the session is the probe's.
+            context, _ = sign_in(browser, BASE_URL, user, password, start="/oauth2/start?rd=%2Fsigned-in")
             cookies.append(session_cookie(context))
             context.close()
     return cookies
@@ -111,8 +117,8 @@ def sign_out_all(cookies: list[str]) -> None:
     import requests
 
     for cookie in cookies:
-        requests.get(f"{BASE_URL}/oauth2/sign_out", headers={"Cookie": cookie}, allow_redirects=False,
-                     verify=str(SECRETS / "web-ca" / "web-ca.pem"), timeout=10)
+        requests.post(f"{BASE_URL}/oauth2/sign_out", headers={"Cookie": cookie, "Origin": BASE_URL},
+                      allow_redirects=False, verify=str(SECRETS / "web-ca" / "web-ca.pem"), timeout=10)
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--user", default="reader")
-    parser.add_argument("--fresh", type=int, default=100, help="new sessions for the first-request figures")
+    parser.add_argument("--fresh", type=int, default=20, help="new sessions for the first-request figures")
     args = parser.parse_args(argv)
 
     password = (SECRETS / "lab_idp" / "users" / args.user).read_text(encoding="utf-8").strip()
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     kv_key = "bench/edge-probe"
     consul_api(SERVERS[0], f"/v1/kv/{kv_key}", MANAGEMENT_TOKEN, "PUT", "a value of the edge benchmark")
     with ScratchToken(edge, "ui-read-only") as token_file:
-        settings = {"cookie": cookie, "kv_key": kv_key,
+        settings = {"cookie": cookie, "kv_key": kv_key, "ui_host": urlsplit(BASE_URL).hostname,
                     "consul_token_file": token_file,
                     "app": f"{container_ip(lab_inventory.first('app'))}:8080", "count": args.count,
                     "warmup": args.warmup, "connections": args.connections, "seconds": args.seconds,

@@ -16,7 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SESSION_COOKIE = "_consul_edge_session"
+# oauth2-proxy's host-only session cookie (roles/oauth2_proxy), split as
+# <name>_0, <name>_1, ... when large.
+SESSION_COOKIE = "__Host-consul_edge_session"
 
 
 @contextmanager

@@ -49,7 +49,7 @@ def main() -> int:
   Remove the lab:           make lab-destroy
 
 == The Consul UI in a browser on this machine
-  Open https://localhost:8443/ui/ and sign in at the lab IdP (idp.localhost:9443/9444).
+  Open https://consul.localhost:8443/ui/ and sign in at the lab IdP (idp.localhost:9443/9444).
   Trust the lab's web CA first (or accept the warning):
     inventories/lab/.secrets/web-ca/web-ca.pem
   Users (password files, one per user):

@@ -38,7 +38,12 @@ CA = SECRETS / "web-ca" / "web-ca.pem"
 TRIXIE_IMAGE = "consul-platform/debian-systemd:trixie"
 
 sys.path.insert(0, str(REPO / "tools" / "bench" / "probes"))
+sys.path.insert(0, str(REPO / "tools" / "lab"))
+import localhost_names  # noqa: E402
 from keepalive import SteadyGets  # noqa: E402
+
+# The edge's two origins are *.localhost names on this machine's loopback.
+localhost_names.install()
 
 # The scenario's datacenters (molecule.yml: groups dc1 and dc2). Most tests
 # look at the primary, dc1; test_datacenters.py at both.
@@ -78,6 +83,12 @@ def clients():
 def base_url() -> str:
     """The edge's public URL, as the lab publishes it on this machine's loopback."""
     return get_host(group("edge")[0]).ansible.get_variables()["edge_public_url"].rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def ui_url() -> str:
+    """The Consul UI's own origin at the edge (another host name, same published port)."""
+    return get_host(group("edge")[0]).ansible.get_variables()["edge_ui_url"].rstrip("/")
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import time
 import uuid
 from base64 import b64decode
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -90,25 +91,25 @@ def session_of(context) -> requests.Session:
 
 
 @pytest.fixture(scope="module")
-def reader(browser, base_url):
-    context, _ = sign_in(browser, base_url, "reader")
+def reader(browser, ui_url):
+    context, _ = sign_in(browser, ui_url, "reader")
     yield session_of(context)
     context.close()
 
 
 @pytest.fixture(scope="module")
-def admin(browser, base_url):
-    context, _ = sign_in(browser, base_url, "admin")
+def admin(browser, ui_url):
+    context, _ = sign_in(browser, ui_url, "admin")
     yield session_of(context)
     context.close()
 
 
-def test_without_a_session_ui_redirects_to_sign_in_and_api_answers_401(base_url, kv_value):
+def test_without_a_session_ui_redirects_to_sign_in_and_api_answers_401(ui_url, kv_value):
     client = anonymous()
-    ui = client.get(f"{base_url}/ui/", allow_redirects=False)
+    ui = client.get(f"{ui_url}/ui/", allow_redirects=False)
     assert ui.status_code == 302
     assert ui.headers["Location"].startswith("/oauth2/start?rd=/ui/")
-    start = client.get(base_url + ui.headers["Location"], allow_redirects=False)
+    start = client.get(ui_url + ui.headers["Location"], allow_redirects=False)
     assert start.status_code == 302
     config = get_host(group("edge")[0]).file("/etc/oauth2-proxy/oauth2-proxy.cfg").content_string
     issuer = next(line.split('"')[1] for line in config.splitlines()
@@ -116,11 +117,11 @@ def test_without_a_session_ui_redirects_to_sign_in_and_api_answers_401(base_url,
     assert start.headers["Location"].startswith(f"{issuer}/oauth2/auth?")
 
     for path in (f"/v1/kv/{KV_KEY}?raw", "/v1/agent/self", "/v1/catalog/services"):
-        answer = client.get(base_url + path, allow_redirects=False)
+        answer = client.get(ui_url + path, allow_redirects=False)
         assert answer.status_code == 401, path
         assert answer.json()["error"] == "not signed in", path
         assert kv_value not in answer.text
-    kv_page = client.get(f"{base_url}/ui/dc1/kv", allow_redirects=False)
+    kv_page = client.get(f"{ui_url}/ui/dc1/kv", allow_redirects=False)
     assert kv_page.status_code == 302 and kv_value not in kv_page.text
 
 
@@ -134,59 +135,82 @@ def kv_value() -> str:
     consul_api(server, f"kv/{KV_KEY}", "DELETE")
 
 
-def test_admin_signs_in_with_a_real_browser_and_sees_the_services(browser, base_url):
-    context, page = sign_in(browser, base_url, "admin", start="/ui/dc1/services")
+def test_admin_signs_in_with_a_real_browser_and_sees_the_services(browser, ui_url):
+    context, page = sign_in(browser, ui_url, "admin", start="/ui/dc1/services")
     try:
+        # The UI under its Content-Security-Policy: every violation is both
+        # logged to the console and fired as an event; collect both.
+        refused = []
+        page.on("console", lambda message: refused.append(message.text)
+                if "Content Security Policy" in message.text else None)
+        context.add_init_script("window.__cspViolations = []; document.addEventListener("
+                                "'securitypolicyviolation', e => window.__cspViolations.push("
+                                "e.violatedDirective + ' ' + e.blockedURI));")
+        page.reload()
+        page.get_by_text("python-web-service").first.wait_for(timeout=20000)
+        for view in ("/ui/dc1/kv", "/ui/dc1/nodes", "/ui/dc1/services/python-web-service/instances"):
+            page.goto(ui_url + view)
+            page.wait_for_load_state("networkidle")
+            refused.extend(page.evaluate("window.__cspViolations"))
+        assert refused == [], refused
+        # Control: an inline script is refused, and seen as refused.
+        page.add_script_tag(content="window.__inlineRan = true;")
+        page.wait_for_timeout(200)
+        assert page.evaluate("window.__inlineRan === undefined")
+        assert page.evaluate("window.__cspViolations.length") == 1
+        page.goto(ui_url + "/ui/dc1/services")
         page.get_by_text("python-web-service").first.wait_for(timeout=20000)
         shot = ARTIFACTS / "edge-admin-services.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
-        assert page.url.startswith(f"{base_url}/ui/dc1/services")
-        cookie = next(c for c in context.cookies() if c["name"].startswith("_consul_edge_session"))
+        assert page.url.startswith(f"{ui_url}/ui/dc1/services")
+        cookie = next(c for c in context.cookies() if c["name"].startswith(lab_browser.SESSION_COOKIE))
         assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+        # Host-only: the UI's origin and nothing else (no Domain attribute).
+        assert cookie["domain"] == urlsplit(ui_url).hostname and cookie["path"] == "/", cookie["domain"]
     finally:
         context.close()
 
 
-def test_reader_reads_kv_but_cannot_write(reader, admin, base_url, kv_value):
-    read = reader.get(f"{base_url}/v1/kv/{KV_KEY}?raw")
+def test_reader_reads_kv_but_cannot_write(reader, admin, ui_url, kv_value):
+    read = reader.get(f"{ui_url}/v1/kv/{KV_KEY}?raw")
     assert read.status_code == 200 and read.text == kv_value
-    write = reader.put(f"{base_url}/v1/kv/edge-test/reader", data="no")
+    write = reader.put(f"{ui_url}/v1/kv/edge-test/reader", data="no")
     assert write.status_code == 403, write.text
-    assert admin.put(f"{base_url}/v1/kv/edge-test/admin", data="yes").json() is True
-    assert reader.get(f"{base_url}/v1/kv/edge-test/admin?raw").text == "yes"
-    assert admin.delete(f"{base_url}/v1/kv/edge-test/admin").json() is True
+    assert admin.put(f"{ui_url}/v1/kv/edge-test/admin", data="yes").json() is True
+    assert reader.get(f"{ui_url}/v1/kv/edge-test/admin?raw").text == "yes"
+    assert admin.delete(f"{ui_url}/v1/kv/edge-test/admin").json() is True
 
 
-def test_blocking_queries_pass_through_the_edge(reader, admin, base_url, kv_value):
+def test_blocking_queries_pass_through_the_edge(reader, admin, ui_url, kv_value):
     """The UI watches with blocking queries (?index=&wait=): nginx must hold
     them open, and hand back the answer when the value changes."""
-    first = reader.get(f"{base_url}/v1/kv/{KV_KEY}")
+    first = reader.get(f"{ui_url}/v1/kv/{KV_KEY}")
     index = first.headers["X-Consul-Index"]
     started = time.monotonic()
-    unchanged = reader.get(f"{base_url}/v1/kv/{KV_KEY}?index={index}&wait=3s", timeout=30)
+    unchanged = reader.get(f"{ui_url}/v1/kv/{KV_KEY}?index={index}&wait=3s", timeout=30)
     waited = time.monotonic() - started
     assert unchanged.status_code == 200 and waited >= 2.5, (unchanged.status_code, waited)
 
     def change_soon() -> None:
         time.sleep(1)
-        admin.put(f"{base_url}/v1/kv/{KV_KEY}", data=kv_value + "-changed")
+        admin.put(f"{ui_url}/v1/kv/{KV_KEY}", data=kv_value + "-changed")
 
     writer = threading.Thread(target=change_soon)
     writer.start()
-    changed = reader.get(f"{base_url}/v1/kv/{KV_KEY}?index={index}&wait=60s", timeout=90)
+    changed = reader.get(f"{ui_url}/v1/kv/{KV_KEY}?index={index}&wait=60s", timeout=90)
     writer.join()
-    admin.put(f"{base_url}/v1/kv/{KV_KEY}", data=kv_value)
+    admin.put(f"{ui_url}/v1/kv/{KV_KEY}", data=kv_value)
     assert changed.status_code == 200
     assert int(changed.headers["X-Consul-Index"]) > int(index)
     assert b64decode(changed.json()[0]["Value"]).decode() == kv_value + "-changed"
 
 
-def test_user_in_no_group_gets_403(browser, base_url, kv_value):
-    context, page = sign_in(browser, base_url, "outsider")
+def test_user_in_no_group_gets_403(browser, ui_url, kv_value):
+    context, page = sign_in(browser, ui_url, "outsider")
     try:
         assert "No access to Consul" in page.content()
-        api = session_of(context).get(f"{base_url}/v1/kv/{KV_KEY}?raw", allow_redirects=False)
+        api = session_of(context).get(f"{ui_url}/v1/kv/{KV_KEY}?raw", allow_redirects=False)
         assert api.status_code in (401, 403)
         assert kv_value not in api.text
     finally:
@@ -280,7 +304,7 @@ def stolen_token():
     consul_api(server, f"acl/token/{token['AccessorID']}", "DELETE")
 
 
-def test_no_client_token_reaches_consul_in_any_spelling(reader, edge, base_url, stolen_token):
+def test_no_client_token_reaches_consul_in_any_spelling(reader, edge, ui_url, stolen_token):
     """The reader's session plus a management token, smuggled every way we
     know: nothing may write what the reader cannot, nothing may read ACLs."""
     bootstrap = stolen_token
@@ -289,19 +313,19 @@ def test_no_client_token_reaches_consul_in_any_spelling(reader, edge, base_url, 
     warnings_before = consul_query_token_warnings(edge)
     statuses: dict[str, tuple[int, int]] = {}
     for label, query in token_queries(bootstrap).items():
-        write = edge_request(base_url, "PUT", f"/v1/kv/{key}?{query}", cookie, b"x")[0]
-        acl = edge_request(base_url, "GET", f"/v1/acl/tokens?{query}", cookie)[0]
+        write = edge_request(ui_url, "PUT", f"/v1/kv/{key}?{query}", cookie, b"x")[0]
+        acl = edge_request(ui_url, "GET", f"/v1/acl/tokens?{query}", cookie)[0]
         statuses[f"query {label}"] = (write, acl)
     for label, extra in token_headers(bootstrap).items():
-        write = edge_request(base_url, "PUT", f"/v1/kv/{key}", cookie + extra, b"x")[0]
-        acl = edge_request(base_url, "GET", "/v1/acl/tokens", cookie + extra)[0]
+        write = edge_request(ui_url, "PUT", f"/v1/kv/{key}", cookie + extra, b"x")[0]
+        acl = edge_request(ui_url, "GET", "/v1/acl/tokens", cookie + extra)[0]
         statuses[f"header {label}"] = (write, acl)
     for label, extra in {"token cookie": f"token={bootstrap}",
                          "X-Consul-Token cookie": f"X-Consul-Token={bootstrap}",
                          "consul token cookie": f"consul:token={bootstrap}"}.items():
         jar = [("Cookie", f"{reader.headers['Cookie']}; {extra}")]
-        statuses[f"cookie {label}"] = (edge_request(base_url, "PUT", f"/v1/kv/{key}", jar, b"x")[0],
-                                       edge_request(base_url, "GET", "/v1/acl/tokens", jar)[0])
+        statuses[f"cookie {label}"] = (edge_request(ui_url, "PUT", f"/v1/kv/{key}", jar, b"x")[0],
+                                       edge_request(ui_url, "GET", "/v1/acl/tokens", jar)[0])
     granted = {how: codes for how, codes in statuses.items()
                if codes[0] not in (400, 403) or codes[1] not in (400, 403)}
     refused = sum(1 for codes in statuses.values() if codes[0] == 400)
@@ -317,19 +341,19 @@ def test_no_client_token_reaches_consul_in_any_spelling(reader, edge, base_url, 
     assert all(codes == (400, 400) for how, codes in statuses.items() if how.startswith("query"))
     assert consul_query_token_warnings(edge) == warnings_before
     # The reader's own rights still work through the same path.
-    assert edge_request(base_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 200
-    anonymous_try = anonymous().put(f"{base_url}/v1/kv/{key}", data="x",
+    assert edge_request(ui_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 200
+    anonymous_try = anonymous().put(f"{ui_url}/v1/kv/{key}", data="x",
                                     headers={"X-Consul-Token": bootstrap}).status_code
     assert anonymous_try == 401
 
 
-def test_token_self_hands_each_session_only_its_own_token(reader, admin, base_url):
+def test_token_self_hands_each_session_only_its_own_token(reader, admin, ui_url):
     """With a token per session, /v1/acl/token/self may answer: it is the
     caller's own. No spelling of the path shows another session's token or
     a platform token."""
     own = {}
     for name, session in (("reader", reader), ("admin", admin)):
-        answer = session.get(f"{base_url}/v1/acl/token/self")
+        answer = session.get(f"{ui_url}/v1/acl/token/self")
         assert answer.status_code == 200, answer.text[:200]
         own[name] = answer.json()
     assert own["reader"]["AccessorID"] != own["admin"]["AccessorID"]
@@ -339,7 +363,7 @@ def test_token_self_hands_each_session_only_its_own_token(reader, admin, base_ur
         for path in ("/v1/acl/token/self", "/v1/acl/token/%73elf", "//v1/acl/token/self",
                      "/v1/acl/token/self/", "/v1/acl/token/./self", "/v1/agent/self", "/v1/acl/tokens",
                      "/v1/acl/policies", "/v1/kv/?recurse"):
-            status, body, _ = edge_request(base_url, "GET", path, [("Cookie", session.headers["Cookie"])])
+            status, body, _ = edge_request(ui_url, "GET", path, [("Cookie", session.headers["Cookie"])])
             text = body.decode("utf-8", "replace")
             assert other not in text and not any(t in text for t in platform), path
             if "SecretID" in text:
@@ -365,7 +389,7 @@ def reload_nginx(edge) -> None:
     wait_for(lambda: not (accepting_workers() & old), 60, "no old nginx worker accepting after the reload")
 
 
-def test_an_answer_without_a_token_gets_403_from_nginx(reader, edge, base_url):
+def test_an_answer_without_a_token_gets_403_from_nginx(reader, edge, ui_url):
     """Fail closed: should the exchange's answer ever carry no token (here
     nginx is made to read a header the exchange does not send), nginx answers
     403 itself; the request is never proxied with an empty token, which
@@ -377,10 +401,10 @@ def test_an_answer_without_a_token_gets_403_from_nginx(reader, edge, base_url):
         edge.check_output("sed -i 's/\\$upstream_http_x_consul_token/$upstream_http_x_no_such_header/' "
                           + conf)
         reload_nginx(edge)
-        wait_for(lambda: edge_request(base_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 403,
+        wait_for(lambda: edge_request(ui_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 403,
                  15, "nginx refuses the answer without a token")
         for path in (f"/v1/kv/{KV_KEY}?raw", "/v1/agent/self", "/ui/"):
-            status, body, _ = edge_request(base_url, "GET", path, cookie)
+            status, body, _ = edge_request(ui_url, "GET", path, cookie)
             assert status == 403 and b"no Consul token for this session" in body, path
         # The journal takes the log lines a moment after the answers.
         wait_for(lambda: access_log(edge, 3).count("upstream=unix:/run/nginx/no-token.sock") == 3,
@@ -388,33 +412,42 @@ def test_an_answer_without_a_token_gets_403_from_nginx(reader, edge, base_url):
     finally:
         edge.check_output(f"cp -p /root/nginx.conf.saved {conf}")
         reload_nginx(edge)
-    wait_for(lambda: edge_request(base_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 200,
+    wait_for(lambda: edge_request(ui_url, "GET", f"/v1/kv/{KV_KEY}?raw", cookie)[0] == 200,
              15, "the session's token is used again")
 
 
-def test_edge_answers_carry_hsts_and_nosniff(reader, base_url, idp):
+UI_HEADERS = {"content-security-policy", "referrer-policy", "cross-origin-opener-policy",
+              "x-frame-options"}
+
+
+def test_edge_answers_carry_hsts_and_nosniff_and_the_ui_its_policies(reader, base_url, ui_url, idp):
     cookie = [("Cookie", reader.headers["Cookie"])]
     targets = {
-        "public /": ("/", []),
-        "401 JSON": ("/v1/agent/self", []),
-        "sign-in redirect": ("/ui/", []),
-        "Consul UI": ("/ui/", cookie),
-        "400 token": ("/v1/kv/x?%74oken=1", cookie),
-        "own token": ("/v1/acl/token/self", cookie),
+        "public /": (base_url, "/", []),
+        "401 JSON": (ui_url, "/v1/agent/self", []),
+        "sign-in redirect": (ui_url, "/ui/", []),
+        "Consul UI": (ui_url, "/ui/", cookie),
+        "400 token": (ui_url, "/v1/kv/x?%74oken=1", cookie),
+        "own token": (ui_url, "/v1/acl/token/self", cookie),
+        "sign-out form": (ui_url, "/oauth2/sign_out", cookie),
     }
-    for label, (target, sent) in targets.items():
-        answer = edge_request(base_url, "GET", target, sent)[2]
+    for label, (origin, target, sent) in targets.items():
+        answer = edge_request(origin, "GET", target, sent)[2]
         assert answer.get("strict-transport-security") == "max-age=31536000", label
         assert answer.get("x-content-type-options") == "nosniff", label
+        if origin == ui_url:
+            assert set(answer) >= UI_HEADERS, (label, sorted(answer))
+            assert "frame-ancestors 'none'" in answer["content-security-policy"], label
     idp.run("systemctl stop hydra.service")
     try:
-        page = anonymous().get(f"{base_url}/ui/")
+        page = anonymous().get(f"{ui_url}/ui/")
         assert page.status_code == 503
         assert page.headers.get("Strict-Transport-Security") == "max-age=31536000"
         assert page.headers.get("X-Content-Type-Options") == "nosniff"
+        assert "frame-ancestors 'none'" in page.headers.get("Content-Security-Policy", "")
     finally:
         idp.run("systemctl start hydra.service")
-    wait_for(lambda: anonymous().get(f"{base_url}/oauth2/start?rd=/ui/", allow_redirects=False)
+    wait_for(lambda: anonymous().get(f"{ui_url}/oauth2/start?rd=/ui/", allow_redirects=False)
              .status_code == 302, 60, "sign-in works again")
 
 
@@ -568,18 +601,18 @@ def test_stopped_instance_leaves_the_upstream_with_no_failed_request(edge, apps,
     assert edge.check_output("systemctl show --value -p MainPID nginx.service") == nginx_pid
 
 
-def test_with_the_idp_stopped_sign_in_shows_a_clear_error_and_root_serves(idp, base_url):
+def test_with_the_idp_stopped_sign_in_shows_a_clear_error_and_root_serves(idp, base_url, ui_url):
     client = anonymous()
     idp.run("systemctl stop hydra.service")
     try:
-        page = client.get(f"{base_url}/ui/")
+        page = client.get(f"{ui_url}/ui/")
         assert page.status_code == 503
         assert "Sign-in is unavailable" in page.text
         assert client.get(f"{base_url}/").status_code == 200
     finally:
         idp.run("systemctl start hydra.service")
-    wait_for(lambda: client.get(f"{base_url}/ui/", allow_redirects=False).status_code == 302
-             and client.get(f"{base_url}/oauth2/start?rd=/ui/", allow_redirects=False)
+    wait_for(lambda: client.get(f"{ui_url}/ui/", allow_redirects=False).status_code == 302
+             and client.get(f"{ui_url}/oauth2/start?rd=/ui/", allow_redirects=False)
              .status_code == 302, 60, "sign-in works again")
 
 

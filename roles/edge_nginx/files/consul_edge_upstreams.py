@@ -4,13 +4,24 @@
 consul-template renders the healthy instances as JSON data (never as nginx
 syntax) and runs this program. Catalog data is written by anyone who may
 register the service, so each instance is checked before it becomes
-configuration: its address must be a unicast IP literal that is not the
-edge's own loopback, link-local, unspecified or multicast, and its port an
-integer from 1 to 65535. Anything else is left out and logged with the
-instance's ID and node (escaped, shortened). The upstream file is replaced
-atomically, and nginx is reloaded only when its content changed.
+configuration, against an allowlist: its address must be exactly one IP
+literal (IPv4 as four decimal parts without leading zeros, or IPv6, without
+a zone) that lies in one of the networks given with --allow-network, and its
+port an integer from 1 to 65535. Whatever the allowed networks, an address is
+refused if it is loopback, link-local, unspecified (or in 0.0.0.0/8),
+multicast or reserved, or an IPv6 address that embeds an IPv4 address
+(IPv4-mapped, IPv4-compatible, 6to4, NAT64, Teredo). Anything else is left
+out and logged with the instance's ID and node (escaped, shortened) and the
+reason. The server address written is the canonical form of the IP. The
+upstream file is replaced atomically, and nginx is reloaded only when its
+content changed.
 
-Usage: consul-edge-upstreams DATA CONF UPSTREAM [RELOAD COMMAND...]
+The options come first; everything after UPSTREAM is the reload command,
+never read as options. At least one --allow-network is required; a network
+with host bits set, or that is not a network, is a usage error (exit 2, the
+upstream file is left as it is).
+
+Usage: consul-edge-upstreams --allow-network=CIDR... DATA CONF UPSTREAM [RELOAD COMMAND...]
 """
 
 from __future__ import annotations
@@ -18,19 +29,52 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 # Placeholder server when no instance is usable: nginx answers 502 at once.
 NO_INSTANCE = "    # No usable instance: nginx answers 502 at once.\n    server 127.0.0.1:9 down;\n"
 MAX_SHOWN = 120
+ALLOW_NETWORK = "--allow-network"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# What an IP literal may hold at all: a cheap first gate, before the parser.
+IP_CHARACTERS = re.compile(r"[0-9A-Fa-f:.]+")
+
+# IPv6 ranges that embed an IPv4 address, which the kernel or a gateway may
+# turn into traffic to that IPv4 address: ::ffff:127.0.0.1 is the edge's own
+# loopback through a dual-stack socket, and a 6to4 relay, NAT64 or Teredo
+# gateway reaches whatever IPv4 address the bits name. An allowed IPv6
+# network may well contain them (::/0, or a generous NAT64 prefix), so they are
+# refused whatever the allowed networks say: the IPv4 inside is never checked
+# against them. ipaddress's own properties (ipv4_mapped, sixtofour, teredo)
+# name the same ranges; the explicit list also covers NAT64 and the
+# IPv4-compatible form, and does not depend on the Python version.
+EMBEDDED_IPV4 = [
+    (ipaddress.ip_network("::ffff:0:0/96"), "an IPv4-mapped IPv6 address (::ffff:0:0/96)"),
+    (ipaddress.ip_network("::/96"), "an IPv4-compatible IPv6 address (::/96)"),
+    (ipaddress.ip_network("2002::/16"), "a 6to4 address (2002::/16)"),
+    (ipaddress.ip_network("64:ff9b::/96"), "a NAT64 address (64:ff9b::/96)"),
+    (ipaddress.ip_network("64:ff9b:1::/48"), "a local-use NAT64 address (64:ff9b:1::/48)"),
+    (ipaddress.ip_network("2001::/32"), "a Teredo address (2001::/32)"),
+]
+# "This network": 0.0.0.0 reaches the host itself, and Linux may treat the
+# rest of 0.0.0.0/8 as unicast.
+THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 
 class Rejected(ValueError):
     """An instance whose data must not become configuration."""
+
+
+class UsageError(ValueError):
+    """A command line this program cannot run with."""
 
 
 def shown(value: Any) -> str:
@@ -40,27 +84,52 @@ def shown(value: Any) -> str:
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "...(shortened)"
 
 
-def server_address(instance: dict[str, Any]) -> str:
-    """`host:port` for nginx's `server` directive, or Rejected."""
-    address, port = instance.get("address"), instance.get("port")
+def allowed_ip(address: Any, allowed: Sequence[Network]) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IP of an instance's address if the allowlist admits it, or Rejected.
+    Reasons name the address only in its canonical form, never as given."""
     if not isinstance(address, str) or not address:
         raise Rejected("address is not a non-empty string")
     if "%" in address:
         raise Rejected("address carries an IPv6 zone")
+    if not IP_CHARACTERS.fullmatch(address):
+        raise Rejected("address holds characters no IP literal has")
     try:
+        # Strict: no leading zeros, octal, hex or short IPv4 forms, no integers.
         ip = ipaddress.ip_address(address)
     except ValueError:
         raise Rejected("address is not an IP literal") from None
-    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
-        raise Rejected("address is loopback, link-local, unspecified or multicast")
+    if ip.version == 6:
+        for network, what in EMBEDDED_IPV4:
+            # :: and ::1 are in ::/96 too; they are refused below, as themselves.
+            if ip in network and not (ip.is_unspecified or ip.is_loopback):
+                raise Rejected(f"address {ip} is {what}, which embeds an IPv4 address")
+    if ip.is_unspecified or ip in THIS_NETWORK:
+        raise Rejected(f"address {ip} is unspecified or in this network (0.0.0.0/8)")
+    if ip.is_loopback:
+        raise Rejected(f"address {ip} is loopback")
+    if ip.is_link_local:
+        raise Rejected(f"address {ip} is link-local")
+    if ip.is_multicast:
+        raise Rejected(f"address {ip} is multicast")
+    if ip.is_reserved:
+        raise Rejected(f"address {ip} is reserved")
+    if not any(ip in network for network in allowed):
+        raise Rejected(f"address {ip} is in no allowed network")
+    return ip
+
+
+def server_address(instance: dict[str, Any], allowed: Sequence[Network]) -> str:
+    """`host:port` for nginx's `server` directive, or Rejected."""
+    ip = allowed_ip(instance.get("address"), allowed)
+    port = instance.get("port")
     # bool is an int in Python; JSON true is no port.
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise Rejected("port is not an integer from 1 to 65535")
-    host = f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
+    host = f"[{ip}]" if ip.version == 6 else str(ip)
     return f"{host}:{port}"
 
 
-def upstream_block(name: str, instances: list[Any], log=print) -> str:
+def upstream_block(name: str, instances: list[Any], allowed: Sequence[Network], log=print) -> str:
     """The upstream block of the instances that pass, in a stable order."""
     servers: set[str] = set()
     for instance in instances:
@@ -68,7 +137,7 @@ def upstream_block(name: str, instances: list[Any], log=print) -> str:
             log(f"instance left out: not an object: {shown(instance)}")
             continue
         try:
-            servers.add(server_address(instance))
+            servers.add(server_address(instance, allowed))
         except Rejected as why:
             log(f"instance left out: id={shown(instance.get('id'))} "
                 f"node={shown(instance.get('node'))}: {why}")
@@ -95,11 +164,46 @@ def write_if_changed(path: Path, content: str) -> bool:
     return True
 
 
+def allowed_network(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise UsageError(f"{ALLOW_NETWORK} {text!r} is not an IP network: {exc}") from None
+
+
+def parse_command_line(argv: list[str]) -> tuple[list[Network], list[str]]:
+    """The allowed networks and the positional arguments. Options come first
+    (`--allow-network CIDR` or `--allow-network=CIDR`, `--` ends them); all
+    after them, the reload command included, is left as given."""
+    allowed: list[Network] = []
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option == "--":
+            break
+        if option == ALLOW_NETWORK:
+            if not rest:
+                raise UsageError(f"{ALLOW_NETWORK} needs a network")
+            allowed.append(allowed_network(rest.pop(0)))
+        elif option.startswith(f"{ALLOW_NETWORK}="):
+            allowed.append(allowed_network(option.removeprefix(f"{ALLOW_NETWORK}=")))
+        else:
+            raise UsageError(f"unknown option {option!r}")
+    if not allowed:
+        raise UsageError(f"at least one {ALLOW_NETWORK} is required")
+    if len(rest) < 3:
+        raise UsageError("DATA, CONF and UPSTREAM are required")
+    return allowed, rest
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 3:
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+    try:
+        allowed, positionals = parse_command_line(argv)
+    except UsageError as exc:
+        print(f"consul-edge-upstreams: {exc}\n{__doc__.strip().splitlines()[-1]}", file=sys.stderr)
         return 2
-    data, conf, name, reload_command = Path(argv[0]), Path(argv[1]), argv[2], argv[3:]
+    data, conf, name, reload_command = (Path(positionals[0]), Path(positionals[1]), positionals[2],
+                                        positionals[3:])
 
     def log(message: str) -> None:
         print(f"consul-edge-upstreams: {conf.name}: {message}", file=sys.stderr, flush=True)
@@ -112,7 +216,7 @@ def main(argv: list[str]) -> int:
         # Keep serving what nginx has; consul-template renders again on change.
         log(f"data {data} unreadable, upstream left as it is: {exc}")
         return 0
-    if not write_if_changed(conf, upstream_block(name, instances, log)):
+    if not write_if_changed(conf, upstream_block(name, instances, allowed, log)):
         return 0
     log(f"upstream {name} changed")
     if reload_command:

@@ -99,8 +99,9 @@ def first_requests(scenario: dict, cookies: list[str]) -> dict:
     one(client, {**scenario, "path": "/", "status": 200, "headers": {}})
     first, second = [], []
     for cookie in cookies:
-        first.append(one(client, {**scenario, "headers": {"Cookie": cookie}}))
-        second.append(one(client, {**scenario, "headers": {"Cookie": cookie}}))
+        headers = {**scenario["headers"], "Cookie": cookie}
+        first.append(one(client, {**scenario, "headers": headers}))
+        second.append(one(client, {**scenario, "headers": headers}))
     client.close()
     return {"first_s": first, "second_s": second}
 
@@ -117,8 +118,9 @@ def main() -> int:
         {"name": "edge_root", "tls": True, "host": "127.0.0.1", "port": 443, "path": "/"},
         {"name": "consul_direct", "tls": False, "host": "127.0.0.1", "port": 8500, "path": kv,
          "headers": {"X-Consul-Token": token}},
+        # The Consul UI's origin: its own host name on the same port.
         {"name": "edge_api", "tls": True, "host": "127.0.0.1", "port": 443, "path": kv,
-         "headers": cookie},
+         "headers": {**cookie, "Host": settings["ui_host"]}},
         {"name": "auth_request_alone", "tls": False, "host": "127.0.0.1", "port": 4180,
          "path": "/oauth2/auth", "headers": cookie, "status": 202},
         # What nginx's auth_request asks now: the token exchange, session warm.
