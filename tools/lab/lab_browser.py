@@ -59,7 +59,8 @@ def sign_in(browser, base_url: str, user: str, password: str, start: str = "/ui/
     return context, page
 
 
-def session_cookie(context) -> str:
-    """The edge's session cookie(s) as a Cookie header value."""
-    return "; ".join(f"{c['name']}={c['value']}" for c in context.cookies()
+def session_cookie(context, url: str | None = None) -> str:
+    """The edge's session cookie(s) as a Cookie header value: those the
+    browser would send to `url` (the UI's origin), or of every site."""
+    return "; ".join(f"{c['name']}={c['value']}" for c in context.cookies(*([url] if url else []))
                      if c["name"].startswith(SESSION_COOKIE))

@@ -71,7 +71,7 @@ def signed_in(browser, ui_url: str, user: str):
     """(context, Cookie header value) of a fresh browser sign-in."""
     context, _ = sign_in(browser, ui_url, user, secret(f"lab_idp/users/{user}"),
                          start="/oauth2/start?rd=%2Fui%2F")
-    cookie = session_cookie(context)
+    cookie = session_cookie(context, ui_url)
     assert cookie, f"{user} has no session cookie after signing in"
     return context, cookie
 
@@ -133,7 +133,7 @@ http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Rogue).serve_fore
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def rogue(edge, ui_url):
     """A real HTTP server on an app host, registered as the web service with
     that host's own token (what a compromised app host can do)."""
@@ -200,7 +200,7 @@ def test_a_rogue_instance_never_steers_nginx_nor_reaches_the_ui_session(rogue, b
         # The UI's session still works afterwards, with the same token.
         page.goto(f"{ui_url}/ui/dc1/services")
         page.get_by_text("python-web-service").first.wait_for(timeout=20000)
-        again = client().get(f"{ui_url}/v1/acl/token/self", headers={"Cookie": session_cookie(context)})
+        again = client().get(f"{ui_url}/v1/acl/token/self", headers={"Cookie": session_cookie(context, ui_url)})
         assert again.status_code == 200 and again.json()["AccessorID"] == own["AccessorID"]
     finally:
         context.close()
@@ -234,9 +234,10 @@ def spelled(base: str, path: str, cookie: str) -> int:
 
 def test_one_session_in_every_spelling_is_one_token_and_sign_out_ends_them_all(
         browser, edge, server, ui_url, base_url):
+    before = tokens_of(server, "reader")
+    # The browser's sign-in ends on /ui/: the session's first request.
     context, cookie = signed_in(browser, ui_url, "reader")
     context.close()
-    before = tokens_of(server, "reader")
     assert spelled(ui_url, "/v1/agent/self", cookie) == 200
     session_tokens = tokens_of(server, "reader") - before
     variants = spellings(cookie)
@@ -357,8 +358,11 @@ OUTSIDE = {
 
 
 def test_only_addresses_in_the_declared_networks_become_upstreams(edge, server):
-    networks = edge.ansible.get_variables()["edge_nginx_app_networks"]
-    assert len(networks) == 1, networks
+    # The networks as deployed: the writer's command line in consul-template's config.
+    networks = sorted(set(edge.check_output(
+        "grep -rho 'allow-network=[0-9a-f.:/]*' /etc/consul-template.d/").split()))
+    networks = [n.split("=", 1)[1] for n in networks]
+    assert len(networks) == 1 and "." in networks[0], networks
     base = networks[0].split("/")[0].rsplit(".", 1)[0]
     inside = f"{base}.250"
     upstreams = "/etc/nginx/consul-edge/upstreams/python-web-service.conf"
