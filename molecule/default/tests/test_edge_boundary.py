@@ -200,7 +200,8 @@ def test_a_rogue_instance_never_steers_nginx_nor_reaches_the_ui_session(rogue, b
         # The UI's session still works afterwards, with the same token.
         page.goto(f"{ui_url}/ui/dc1/services")
         page.get_by_text("python-web-service").first.wait_for(timeout=20000)
-        again = client().get(f"{ui_url}/v1/acl/token/self", headers={"Cookie": session_cookie(context, ui_url)})
+        again = client().get(f"{ui_url}/v1/acl/token/self",
+                             headers={"Cookie": session_cookie(context, ui_url)})
         assert again.status_code == 200 and again.json()["AccessorID"] == own["AccessorID"]
     finally:
         context.close()
