@@ -344,9 +344,15 @@ def test_a_binding_rule_nobody_declared_is_shown_by_check_mode_and_removed_by_a_
 # --- the edge's token exchange ----------------------------------------------
 
 
-def edge_session(browser, user: str, start: str = "/oauth2/start?rd=%2F") -> requests.Session:
+# Where a sign-in lands when a test wants the session's first request to be
+# its own: a page of the UI's origin that asks nothing of the exchange (404).
+NEUTRAL_LANDING = "/oauth2/start?rd=%2Fsigned-in"
+
+
+def edge_session(browser, user: str, start: str = NEUTRAL_LANDING) -> requests.Session:
     """A requests session carrying the edge session `user` got by signing in
-    with the browser (the browser context is closed: the cookie lives on)."""
+    with the browser (the browser context is closed: the cookie lives on);
+    the exchange has not seen it yet."""
     context, _ = sign_in(browser, BASE_URL, user, secret(f"lab_idp/users/{user}"), start)
     try:
         session = requests.Session()
@@ -557,7 +563,7 @@ def sign_in_without_a_browser(user: str) -> requests.Session:
     the cookie jar will not send) travel as headers."""
     idp = requests.Session()
     idp.verify, idp.trust_env = str(CA), False
-    start = idp.get(f"{BASE_URL}/oauth2/start?rd=%2F", allow_redirects=False)
+    start = idp.get(BASE_URL + NEUTRAL_LANDING, allow_redirects=False)
     assert start.status_code == 302, start.status_code
     csrf, location = set_cookies(start), start.headers["Location"]
     form_page = None
