@@ -304,6 +304,8 @@ class FakeConsul:
     tokens: dict[str, str] = dataclasses.field(default_factory=dict)
     logged_out: list[str] = dataclasses.field(default_factory=list)
     refuse_logout: bool = False
+    stale_reads: int = 0
+    self_reads: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def login(self, body: dict) -> dict:
         self.logins.append(body)
@@ -331,7 +333,20 @@ class FakeConsul:
                     return
                 consul.logged_out.append(accessor)
 
-        return tornado.web.Application([(r"/v1/acl/login", Login), (r"/v1/acl/logout", Logout)])
+        class Self(tornado.web.RequestHandler):
+            # A token is "not found" for its first `stale_reads` reads, as a
+            # client agent's stale read on a lagging server answers.
+            def get(self) -> None:
+                secret = self.request.headers.get("X-Consul-Token", "")
+                seen = consul.self_reads[secret] = consul.self_reads.get(secret, 0) + 1
+                if secret not in consul.tokens or seen <= consul.stale_reads:
+                    self.set_status(403)
+                    self.write("ACL not found")
+                    return
+                self.write({"AccessorID": consul.tokens[secret]})
+
+        return tornado.web.Application([(r"/v1/acl/login", Login), (r"/v1/acl/logout", Logout),
+                                        (r"/v1/acl/token/self", Self)])
 
 
 def serve(app: tornado.web.Application) -> tuple[HTTPServer, int]:
@@ -730,6 +745,25 @@ def test_fails_closed_when_it_cannot_ask(tmp_path, down):
             assert it.exchange.pending == {} and it.exchange.logging_in == {}
             if down == "oauth2-proxy":
                 assert await it.sign_out([f"{NAME}={value}"]) == 503
+    run(scenario)
+
+
+@pytest.mark.parametrize(("stale_reads", "status", "kept"), [
+    (0, 200, True),
+    (3, 200, True),
+    # Never accepted within --token-wait: fail closed, and the token goes.
+    (10**6, 503, False),
+])
+def test_a_new_token_is_handed_out_only_once_the_agent_accepts_it(tmp_path, stale_reads, status, kept):
+    async def scenario():
+        async with lab(tmp_path, "--token-wait", "0.3") as it:
+            it.consul.stale_reads = stale_reads
+            code, token = await it.token([f"{NAME}={it.proxy.sign_in('alice')}"])
+            await it.settle()
+            assert code == status and (token is not None) == kept
+            assert len(it.consul.logins) == 1 and bool(it.consul.tokens) == kept
+            reads = sum(it.consul.self_reads.values())
+            assert reads == stale_reads + 1 if kept else reads > 1, reads
     run(scenario)
 
 

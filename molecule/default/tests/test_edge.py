@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from playwright.sync_api import Error as PlaywrightError
 from conftest import (
     CA,
     EdgeLoad,
@@ -36,6 +35,7 @@ from conftest import (
     secret,
     token_secret,
 )
+from playwright.sync_api import Error as PlaywrightError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "lab"))
 import lab_browser

@@ -376,6 +376,22 @@ class Exchange:
         said = answer.body.decode("utf-8", "replace").strip()[:300] if answer.body else answer.error
         raise Upstream(f"Consul /v1/acl/login: {answer.code} {said}")
 
+    async def usable(self, secret_id: str) -> None:
+        """Wait until the local agent accepts a token just made. Client agents
+        resolve tokens with stale reads, so a server that has not applied the
+        login yet answers "ACL not found" for a few milliseconds; the first
+        request must not meet that. Raises Upstream when it does not settle."""
+        deadline = time.monotonic() + self.args.token_wait
+        while True:
+            answer = await self.fetch(self.args.consul + "/v1/acl/token/self",
+                                      headers={"X-Consul-Token": secret_id})
+            if answer.code == 200:
+                return
+            said = answer.body.decode("utf-8", "replace").strip()[:200] if answer.body else answer.error
+            if answer.code != 403 or "not found" not in str(said).lower() or time.monotonic() >= deadline:
+                raise Upstream(f"Consul /v1/acl/token/self of a new token: {answer.code} {said}")
+            await asyncio.sleep(0.02)
+
     async def log_out(self, session: Session, why: str) -> None:
         try:
             answer = await self.fetch(self.args.consul + "/v1/acl/logout", method="POST", body="",
@@ -568,6 +584,11 @@ class Exchange:
             ends_at = min(ends_at, token_end)
         session = Session(identity=identity.session, person=identity.person, user=user,
                           secret_id=token["SecretID"], accessor_id=token["AccessorID"], ends_at=ends_at)
+        try:
+            await self.usable(session.secret_id)
+        except Upstream:
+            self.spawn_log_out(session, "the new token did not become usable")
+            raise
         if identity.session in self.signed_out:
             # Signed out while this login was under way.
             self.spawn_log_out(session, "the session signed out during its login")
@@ -729,6 +750,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recheck", type=parse_duration, default="10s",
                         help="ask oauth2-proxy again about the same cookies after this long")
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--token-wait", type=float, default=3.0,
+                        help="seconds a new token may take until the local agent accepts it")
     parser.add_argument("--max-sessions", type=positive, default=10000,
                         help="sessions held at once (the cookie LRU holds 4 times as many spellings)")
     parser.add_argument("--max-sessions-per-person", type=positive, default=10,
