@@ -218,7 +218,7 @@ def test_the_state_dir_is_required_and_the_limits_default():
         edge.arguments(["--auth-method", "sso", "--cookie-name", NAME])
     args = edge.arguments(["--auth-method", "sso", "--cookie-name", NAME, "--state-dir", "/x"])
     assert (args.max_sessions, args.max_sessions_per_person, args.logins_per_minute,
-            args.max_signed_out) == (10000, 10, 60, 20000)
+            args.max_signed_out) == (10000, 20, 60, 20000)
 
 
 # --- stand-ins for oauth2-proxy and Consul --------------------------------------

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import concurrent_sign_in
 import lab_inventory
 import localhost_names
 from benchlib import (
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--user", default="reader")
+    parser.add_argument("--concurrent-sign-ins", type=int, default=20,
+                        help="people signing in at the same moment, for the sign-in's p50/p99")
     parser.add_argument("--fresh", type=int, default=20, help="new sessions for the first-request figures")
     args = parser.parse_args(argv)
 
@@ -210,6 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first request of a session (login at Consul), {first['sessions']} sessions: "
           f"p50 {first['first_p50_ms']} ms, p99 {first['first_p99_ms']} ms; its second request "
           f"p50 {first['second_p50_ms']} ms")
+    # People signing in at once: the edge's start, the IdP, the callback, the
+    # first API request. Another person than the probe's, whose logins this
+    # run has spent.
+    signing_in = concurrent_sign_in.run(BASE_URL, SECRETS / "web-ca" / "web-ca.pem", SECRETS,
+                                        ["admin", "operator"], count=args.concurrent_sign_ins)
+    summary["_concurrent_sign_in"] = {key: signing_in[key] for key in
+                                      ("attempts", "failed", "p50_s", "p99_s", "max_s")}
+    print(f"{signing_in['attempts']} sign-ins at once: {signing_in['failed']} failed, "
+          f"p50 {signing_in['p50_s']} s, p99 {signing_in['p99_s']} s")
 
     kept = {k: v for k, v in settings.items() if k not in ("cookie", "fresh_cookies")}
     write_report("edge", {"settings": kept,

@@ -196,6 +196,27 @@ def edge_section(data: dict | None, summary: list) -> list[str]:
                         "<= +0.5 ms", verdict(worst <= 0.5) + " (the auth step alone)"])
         summary.append(["Edge: first request of a session (login at Consul), p50 / p99",
                         f"{f['first_p50_ms']} / {f['first_p99_ms']} ms", "reported", "-"])
+    if "_concurrent_sign_in" in s:
+        c = s["_concurrent_sign_in"]
+        out += ["", f"{c['attempts']} people signing in at the same moment (the edge's start, the "
+                f"IdP's login and consent, the callback, the first API request; "
+                f"`tools/lab/concurrent_sign_in.py`): {c['failed']} failed, a sign-in took p50 "
+                f"{c['p50_s']} s, p99 {c['p99_s']} s."]
+        summary.append([f"Edge: {c['attempts']} sign-ins at once, failed / p50 / p99",
+                        f"{c['failed']} / {c['p50_s']} s / {c['p99_s']} s", "0 failed",
+                        verdict(c["failed"] == 0)])
+    before = load("edge_one_origin")
+    if before:
+        was = before["summary"]["edge_api"]["p50_ms"]
+        now = s["edge_api"]["p50_ms"]
+        change = round(100 * (now - was) / was, 1)
+        out += ["", f"Before the UI moved to an origin of its own (one origin, sessions keyed on "
+                f"cookie bytes; `edge_one_origin.json`, measured {before['measured_at']} on the same "
+                f"machine): a warm `/v1/` KV read through the edge took p50 {was} ms idle, "
+                f"{before['summary']['edge_api']['loaded_p50_ms']} ms loaded; now {now} ms and "
+                f"{s['edge_api']['loaded_p50_ms']} ms ({change:+} % at the idle median)."]
+        summary.append(["Edge: warm `/v1/` median, two origins vs one", f"{was} -> {now} ms "
+                        f"({change:+} %)", "<= +10 %", verdict(change <= 10)])
     return [*out, "", "![edge](edge.png)", ""]
 
 

@@ -23,11 +23,11 @@ p50/p99 of a whole sign-in in seconds (successful ones), and the p50/p99 of
 each request of the flow (where the time goes). Exit 1 when any
 sign-in failed. `run()` returns the same object for a test to assert on.
 
-All sign-ins are one person's (--user): the edge's token exchange keeps at
-most --max-sessions-per-person sessions of a person (the oldest are logged
-out; each sign-in here is checked right after it is made) and refuses more
-than --logins-per-minute logins a minute (429), so let a minute pass between
-two runs of 50.
+The sign-ins take turns among the given people (--user, repeated): the
+edge's token exchange keeps at most --max-sessions-per-person sessions of a
+person (the oldest are logged out, also while in use) and refuses more than
+--logins-per-minute logins of a person a minute (429), so spread 50 over
+enough people and let a minute pass between two runs.
 """
 
 from __future__ import annotations
@@ -243,12 +243,13 @@ def read_password(secrets_dir: Path, user: str) -> str:
     return (secrets_dir / "lab_idp" / "users" / user).read_text(encoding="utf-8").strip()
 
 
-def run(ui_url: str, ca: Path | str, secrets_dir: Path | str, user: str = "admin", count: int = 50,
-        concurrency: int | None = None, timeout: float = 30.0) -> dict:
-    """`count` sign-ins of `user`, `concurrency` at a time (all at once by
-    default); the summary that main() prints."""
+def run(ui_url: str, ca: Path | str, secrets_dir: Path | str, users: str | list[str] = "admin",
+        count: int = 50, concurrency: int | None = None, timeout: float = 30.0) -> dict:
+    """`count` sign-ins, taking turns among `users`, `concurrency` at a time
+    (all at once by default); the summary that main() prints."""
     ca, secrets_dir = Path(ca), Path(secrets_dir)
-    password = read_password(secrets_dir, user)
+    people = [users] if isinstance(users, str) else list(users)
+    passwords = {user: read_password(secrets_dir, user) for user in people}
     workers = max(1, min(concurrency or count, count))
     # Each worker thread waits for the others before its first sign-in, so
     # that the first `workers` sign-ins really run at the same time.
@@ -256,13 +257,14 @@ def run(ui_url: str, ca: Path | str, secrets_dir: Path | str, user: str = "admin
     local = threading.local()
     hops: list[tuple[str, float]] = []  # list.extend is atomic under the GIL
 
-    def attempt(_: int) -> tuple[float | None, str | None]:
+    def attempt(number: int) -> tuple[float | None, str | None]:
         if not getattr(local, "started", False):
             local.started = True
             with suppress(threading.BrokenBarrierError):
                 gate.wait(timeout)
+        user = people[number % len(people)]
         try:
-            return sign_in(ui_url, user, password, ca, timeout, hops), None
+            return sign_in(ui_url, user, passwords[user], ca, timeout, hops), None
         except SignInError as error:
             return None, str(error)
         except Exception as error:  # a probe's own bug is a failure too, and says where
@@ -283,7 +285,7 @@ def run(ui_url: str, ca: Path | str, secrets_dir: Path | str, user: str = "admin
         distinct[error] = distinct.get(error, 0) + 1
     return {
         "ui_url": ui_url,
-        "user": user,
+        "users": people,
         "attempts": count,
         "concurrency": workers,
         "succeeded": len(durations),
@@ -312,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ca", type=Path, required=True, help="the lab's web CA (PEM)")
     parser.add_argument("--secrets-dir", type=Path, required=True,
                         help="the inventory's secrets folder (platform_secrets_dir)")
-    parser.add_argument("--user", default="admin", help="lab user who signs in (default admin)")
+    parser.add_argument("--user", action="append", dest="users",
+                        help="lab user who signs in, repeated to take turns (default admin)")
     parser.add_argument("--count", type=int, default=50, help="sign-ins in all (default 50)")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="sign-ins at a time (default: all of them)")
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1 or (args.concurrency is not None and args.concurrency < 1):
         parser.error("--count and --concurrency must be at least 1")
-    result = run(args.ui_url, args.ca, args.secrets_dir, args.user, args.count,
+    result = run(args.ui_url, args.ca, args.secrets_dir, args.users or ["admin"], args.count,
                  args.concurrency, args.timeout)
     print(json.dumps(result, indent=2))
     return 0 if result["failed"] == 0 else 1

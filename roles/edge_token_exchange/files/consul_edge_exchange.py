@@ -754,7 +754,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds a new token may take until the local agent accepts it")
     parser.add_argument("--max-sessions", type=positive, default=10000,
                         help="sessions held at once (the cookie LRU holds 4 times as many spellings)")
-    parser.add_argument("--max-sessions-per-person", type=positive, default=10,
+    parser.add_argument("--max-sessions-per-person", type=positive, default=20,
                         help="a person's sessions held at once; one more logs the oldest one out")
     parser.add_argument("--logins-per-minute", type=positive, default=60,
                         help="logins at Consul per person and minute; beyond it 429")
