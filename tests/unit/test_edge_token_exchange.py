@@ -346,7 +346,7 @@ class FakeConsul:
                 self.write({"AccessorID": consul.tokens[secret]})
 
         return tornado.web.Application([(r"/v1/acl/login", Login), (r"/v1/acl/logout", Logout),
-                                        (r"/v1/acl/token/self", Self)])
+                                        (r"/v1/agent/members", Self)])
 
 
 def serve(app: tornado.web.Application) -> tuple[HTTPServer, int]:

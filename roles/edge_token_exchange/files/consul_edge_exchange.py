@@ -377,19 +377,22 @@ class Exchange:
         raise Upstream(f"Consul /v1/acl/login: {answer.code} {said}")
 
     async def usable(self, secret_id: str) -> None:
-        """Wait until the local agent accepts a token just made. Client agents
-        resolve tokens with stale reads, so a server that has not applied the
-        login yet answers "ACL not found" for a few milliseconds; the first
-        request must not meet that. Raises Upstream when it does not settle."""
+        """Wait until the local agent resolves a token just made, the way it
+        resolves the session's requests: with a stale read on its server, which
+        may not have applied the login yet ("ACL not found" for a few
+        milliseconds); once resolved, the agent caches the token. The
+        agent's member list needs no rights (it filters), so any answer but
+        "ACL not found" means the token is known. Raises Upstream when it does
+        not settle within --token-wait."""
         deadline = time.monotonic() + self.args.token_wait
         while True:
-            answer = await self.fetch(self.args.consul + "/v1/acl/token/self",
+            answer = await self.fetch(self.args.consul + "/v1/agent/members",
                                       headers={"X-Consul-Token": secret_id})
-            if answer.code == 200:
-                return
             said = answer.body.decode("utf-8", "replace").strip()[:200] if answer.body else answer.error
-            if answer.code != 403 or "not found" not in str(said).lower() or time.monotonic() >= deadline:
-                raise Upstream(f"Consul /v1/acl/token/self of a new token: {answer.code} {said}")
+            if answer.code == 200 or (answer.code == 403 and "acl not found" not in str(said).lower()):
+                return
+            if answer.code != 403 or time.monotonic() >= deadline:
+                raise Upstream(f"Consul /v1/agent/members with a new token: {answer.code} {said}")
             await asyncio.sleep(0.02)
 
     async def log_out(self, session: Session, why: str) -> None:
