@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import os
 import json
 import logging
+import os
 import secrets
 import ssl
 import urllib.parse
