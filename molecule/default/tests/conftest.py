@@ -480,6 +480,43 @@ def edge_connection(base_url: str, timeout: float = 15, ca: Path = CA,
     return http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=context, timeout=timeout)
 
 
+def edge_request(base_url: str, method: str, target: str, headers: list[tuple[str, str]],
+                 body: bytes | None = None) -> tuple[int, bytes, dict[str, str]]:
+    """One request with the target and headers exactly as given (requests
+    would normalise the one and merge the other); a new connection each.
+    Returns the status, the body and the headers (names in lower case, a
+    repeated one's values joined by newlines)."""
+    conn = edge_connection(base_url)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in [*headers, ("Connection", "close")]:
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        answer: dict[str, str] = {}
+        for name, value in response.getheaders():
+            answer[name.lower()] = f"{answer[name.lower()]}\n{value}" if name.lower() in answer else value
+        return response.status, response.read(), answer
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def edge():
+    return get_host(group("edge")[0])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium (Playwright), trusting the lab's web CA."""
+    from lab_browser import trusted_browser
+
+    with trusted_browser(CA) as chromium:
+        yield chromium
+
+
 class EdgeLoad(SteadyGets):
     """Steady GETs of the URL's path through the edge over one keep-alive
     connection, as a browser sends them (tools/bench/probes/keepalive.py): a

@@ -26,7 +26,7 @@ from conftest import (
     EdgeLoad,
     api_call,
     consul_api,
-    edge_connection,
+    edge_request,
     get_host,
     group,
     record_figures,
@@ -39,16 +39,11 @@ from playwright.sync_api import Error as PlaywrightError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "lab"))
 import lab_browser
-from lab_browser import session_cookie, trusted_browser
+from lab_browser import session_cookie
 
 # A key of the test's own, so nothing depends on what other tests wrote.
 KV_KEY = "edge-test/secret-value"
 ARTIFACTS = Path(os.environ.get("TEST_RESULTS_DIR", "/tmp"))
-
-
-@pytest.fixture(scope="module")
-def edge():
-    return get_host(group("edge")[0])
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +66,6 @@ def anonymous() -> requests.Session:
     # Else REQUESTS_CA_BUNDLE (and proxy settings) of the environment win.
     session.trust_env = False
     return session
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with trusted_browser(CA) as chromium:
-        yield chromium
 
 
 def sign_in(browser, base_url: str, user: str, start: str = "/ui/"):
@@ -264,26 +253,6 @@ def token_headers(token: str) -> dict[str, list[tuple[str, str]]]:
     headers["Authorization twice"] = [("Authorization", f"Bearer {token}")] * 2
     headers["authorization lower case"] = [("authorization", f"Bearer {token}")]
     return headers
-
-
-def edge_request(base_url: str, method: str, target: str, headers: list[tuple[str, str]],
-                 body: bytes | None = None) -> tuple[int, bytes, dict[str, str]]:
-    """One request with the target and headers exactly as given (requests
-    would normalise the one and merge the other); a new connection each.
-    Returns the status, the body and the headers (names in lower case)."""
-    conn = edge_connection(base_url)
-    try:
-        conn.putrequest(method, target, skip_accept_encoding=True)
-        for name, value in [*headers, ("Connection", "close")]:
-            conn.putheader(name, value)
-        if body is not None:
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        response = conn.getresponse()
-        answer = {name.lower(): value for name, value in response.getheaders()}
-        return response.status, response.read(), answer
-    finally:
-        conn.close()
 
 
 def consul_query_token_warnings(edge) -> int:

@@ -28,14 +28,14 @@ from conftest import (
     CA,
     api_call,
     consul_api,
-    edge_connection,
+    edge_request,
     get_host,
     group,
     record_figures,
     secret,
     wait_for,
 )
-from lab_browser import SESSION_COOKIE, session_cookie, sign_in, trusted_browser
+from lab_browser import SESSION_COOKIE, session_cookie, sign_in
 
 ROGUE_PORT = 18099
 ROGUE_ID = "rogue-instance"
@@ -45,19 +45,8 @@ INTERNAL_LOCATIONS = ["/_edge/token", "/_edge/sign-out", "/_edge/issuer", "/_edg
 
 
 @pytest.fixture(scope="module")
-def edge():
-    return get_host(group("edge")[0])
-
-
-@pytest.fixture(scope="module")
 def server():
     return get_host(group("consul_servers")[0])
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with trusted_browser(CA) as chromium:
-        yield chromium
 
 
 def client() -> requests.Session:
@@ -74,23 +63,6 @@ def signed_in(browser, ui_url: str, user: str):
     cookie = session_cookie(context, ui_url)
     assert cookie, f"{user} has no session cookie after signing in"
     return context, cookie
-
-
-def raw(base: str, method: str, target: str, headers: list[tuple[str, str]]) -> tuple[int, bytes, dict]:
-    """One request exactly as given; headers in lower case, repeated ones joined."""
-    connection = edge_connection(base)
-    try:
-        connection.putrequest(method, target, skip_accept_encoding=True)
-        for name, value in [*headers, ("Content-Length", "0"), ("Connection", "close")]:
-            connection.putheader(name, value)
-        connection.endheaders()
-        response = connection.getresponse()
-        seen: dict[str, str] = {}
-        for name, value in response.getheaders():
-            seen[name.lower()] = (seen[name.lower()] + "\n" + value) if name.lower() in seen else value
-        return response.status, response.read(), seen
-    finally:
-        connection.close()
 
 
 def tokens_of(server, user: str) -> set[str]:
@@ -174,7 +146,7 @@ def test_a_rogue_instance_never_steers_nginx_nor_reaches_the_ui_session(rogue, b
         # and as an attacker would (the UI's cookie sent along).
         for number in range(60):
             sent = [("Cookie", cookie)] if number % 2 else []
-            status, body, headers = raw(base_url, "GET", f"/?n={number}", sent)
+            status, body, headers = edge_request(base_url, "GET", f"/?n={number}", sent)
             statuses[status] = statuses.get(status, 0) + 1
             rogue_answers += headers.get("x-rogue") == "1"
             assert secret_id not in body and secret_id.decode() not in json.dumps(headers), number
@@ -186,7 +158,7 @@ def test_a_rogue_instance_never_steers_nginx_nor_reaches_the_ui_session(rogue, b
         # The UI's origin never serves the web service at all.
         for target in ("/", "/ui/", "/v1/agent/self", "/index.html", "/health"):
             for _ in range(6):
-                status, body, headers = raw(ui_url, "GET", target, [("Cookie", cookie)])
+                status, body, headers = edge_request(ui_url, "GET", target, [("Cookie", cookie)])
                 assert "x-rogue" not in headers and b"rogue answer" not in body, target
                 assert "set-cookie" not in headers or "rogue" not in headers["set-cookie"], target
         # A browser: the public site's answers set no cookie of the UI's origin.
@@ -230,7 +202,7 @@ def spellings(cookie: str) -> dict[str, str]:
 
 
 def spelled(base: str, path: str, cookie: str) -> int:
-    return raw(base, "GET", path, [("Cookie", cookie)])[0]
+    return edge_request(base, "GET", path, [("Cookie", cookie)])[0]
 
 
 def test_one_session_in_every_spelling_is_one_token_and_sign_out_ends_them_all(
@@ -248,7 +220,7 @@ def test_one_session_in_every_spelling_is_one_token_and_sign_out_ends_them_all(
     duplicated = f"{cookie}; {cookie.split('; ')[0]}"
     assert spelled(ui_url, "/v1/agent/self", duplicated) in (401, 403)
     # On the public host the cookie reaches no Consul at all.
-    status, body, _ = raw(base_url, "GET", "/v1/agent/self", [("Cookie", cookie)])
+    status, body, _ = edge_request(base_url, "GET", "/v1/agent/self", [("Cookie", cookie)])
     assert b'"Config"' not in body and b"NodeName" not in body, status
     made = tokens_of(server, "reader") - before
     print(f"{len(variants)} spellings of one session: {len(made)} Consul token(s)")

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools" / "lab"))
 import concurrent_sign_in
-from lab_browser import SESSION_COOKIE, session_cookie, sign_in, trusted_browser
+from lab_browser import SESSION_COOKIE, session_cookie, sign_in
 
 SETTINGS = RUNNER.get_variables(group("consul_servers")[0])
 SERVER = SETTINGS.get("ansible_host", group("consul_servers")[0])
@@ -132,12 +132,6 @@ def config() -> dict:
     method = json.loads(text)
     assert method["Type"] == "jwt" and method["MaxTokenTTL"] == "8h0m0s", method
     return method["Config"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with trusted_browser(CA) as chromium:
-        yield chromium
 
 
 @pytest.fixture(scope="module")
