@@ -223,6 +223,17 @@ def test_addresses_outside_the_declared_networks_are_refused(address):
     assert len(refusal(address, EVERYTHING)[0]) == 2
 
 
+@pytest.mark.parametrize(("address", "network"), [
+    ("10.0.0.0", "10.0.0.0/24"), ("10.0.0.255", "10.0.0.0/24"), ("192.168.1.255", "192.168.1.0/24")])
+def test_a_network_or_broadcast_address_names_no_host(address, network):
+    servers, logged = refusal(address, ALLOWED)
+    assert servers == ["    server 10.0.0.8:8080 max_fails=1 fail_timeout=5s;"]
+    assert len(logged) == 1 and f"network or broadcast address of {network}" in logged[0], logged
+    # Control: the addresses next to them are hosts.
+    neighbour = str(ipaddress.ip_address(address) + (1 if address.endswith(".0") else -1))
+    assert len(refusal(neighbour, ALLOWED)[0]) == 2
+
+
 def test_an_instance_in_each_declared_network_is_kept():
     instances = [{"id": str(i), "node": "n", "address": a, "port": 80}
                  for i, a in enumerate(["10.0.0.7", "192.168.1.9", "2001:db8::7", "10.0.1.7"])]

@@ -113,8 +113,12 @@ def allowed_ip(address: Any, allowed: Sequence[Network]) -> ipaddress.IPv4Addres
         raise Rejected(f"address {ip} is multicast")
     if ip.is_reserved:
         raise Rejected(f"address {ip} is reserved")
-    if not any(ip in network for network in allowed):
+    home = next((network for network in allowed if ip in network), None)
+    if home is None:
         raise Rejected(f"address {ip} is in no allowed network")
+    # An IPv4 network's own address and its broadcast address name no host.
+    if home.version == 4 and home.prefixlen < 31 and ip in (home.network_address, home.broadcast_address):
+        raise Rejected(f"address {ip} is the network or broadcast address of {home}")
     return ip
 
 

@@ -687,6 +687,9 @@ class TokenHandler(Handler):
             return
         self.set_header("X-Consul-Token", session.secret_id)
         self.set_header("X-Edge-User", session.user)
+        # The session as nginx may count it (blocking queries per session):
+        # a hash of the identity, the same for every spelling of the cookie.
+        self.set_header("X-Edge-Session", session.identity)
 
 
 class SignOutHandler(Handler):
