@@ -20,6 +20,7 @@ import json
 import re
 import textwrap
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
@@ -97,6 +98,7 @@ class Rogue(http.server.BaseHTTPRequestHandler):
         self.send_header("Set-Cookie", f"__Host-consul_edge_session_1=rogue; Domain={host}; Path=/; Secure")
         self.send_header("Set-Cookie", f"consul_edge_session=rogue; Domain={host}; Path=/")
         self.send_header("Location", ui + "/ui/")
+        self.send_header("Strict-Transport-Security", "max-age=0")
         self.end_headers()
         self.wfile.write(b"rogue answer " + where.encode())
     def log_message(self, *args):
@@ -152,6 +154,8 @@ def test_a_rogue_instance_never_steers_nginx_nor_reaches_the_ui_session(rogue, b
             assert secret_id not in body and secret_id.decode() not in json.dumps(headers), number
             assert "x-consul-token" not in headers and "x-edge-user" not in headers
             assert not any(name.startswith("x-accel-") for name in headers), sorted(headers)
+            # The edge's HSTS only: the instance's max-age=0 would come first.
+            assert headers.get("strict-transport-security") == "max-age=31536000", number
             if headers.get("x-rogue"):
                 # The rogue's own body: X-Accel-Redirect was ignored.
                 assert status == 200 and body.startswith(b"rogue answer "), (status, body[:80])
@@ -424,3 +428,77 @@ def test_the_ui_origin_serves_nothing_of_the_web_service(ui_url):
         assert answer.status_code == 404, path
     assert client().get(ui_url + "/", allow_redirects=False).headers["Location"] == "/ui/"
 
+
+# --- writes and long polls ------------------------------------------------------
+
+def test_api_writes_from_another_origin_are_refused(browser, ui_url, base_url, server):
+    """The UI's cookie is SameSite=Lax: a page of the same site (the public
+    origin, in a deployment such as www.example.com and consul.example.com)
+    could send it with a simple cross-origin POST. Writes must come from the
+    UI's own origin, or from no browser at all (no Origin)."""
+    context, cookie = signed_in(browser, ui_url, "operator")
+    context.close()
+    key = f"edge-test/origin-{uuid.uuid4().hex}"
+    attempts = {
+        "the public origin": base_url, "another site": "https://evil.example", "null": "null",
+        "look-alike": ui_url + ".evil.example", "other port": ui_url.rsplit(":", 1)[0] + ":1",
+    }
+    try:
+        for label, origin in attempts.items():
+            for method, target in (("PUT", f"/v1/kv/{key}"), ("POST", "/v1/txn"),
+                                   ("DELETE", f"/v1/kv/{key}")):
+                status, body, _ = edge_request(ui_url, method, target,
+                                               [("Cookie", cookie), ("Origin", origin),
+                                                ("Content-Type", "text/plain")], b"x")
+                assert status == 403 and b"another origin" in body, (label, method, status)
+        assert api_call(server, f"kv/{key}")[0] == 404
+        # Reads from anywhere are fine: no other origin can read the answer.
+        assert edge_request(ui_url, "GET", "/v1/agent/self",
+                            [("Cookie", cookie), ("Origin", base_url)])[0] == 200
+        # Controls: the UI's own origin writes, and so does a client without Origin.
+        for origin in ([("Origin", ui_url)], []):
+            status, body, _ = edge_request(ui_url, "PUT", f"/v1/kv/{key}",
+                                           [("Cookie", cookie), *origin], b"x")
+            assert status == 200 and body.strip() == b"true", (origin, status, body[:100])
+    finally:
+        api_call(server, f"kv/{key}", "DELETE")
+        client().post(f"{ui_url}/oauth2/sign_out", headers={"Cookie": cookie, "Origin": ui_url},
+                      allow_redirects=False)
+
+
+def test_blocking_queries_are_capped_per_session_whatever_the_cookie_spelling(browser, edge, ui_url):
+    cap = int(edge.ansible.get_variables().get("edge_nginx_blocking_queries_per_session", 32))
+    sessions = {}
+    for user in ("reader", "operator"):
+        context, sessions[user] = signed_in(browser, ui_url, user)
+        context.close()
+    index = client().get(f"{ui_url}/v1/kv/edge-test?index=0", headers={"Cookie": sessions["reader"]})
+    index = index.headers["X-Consul-Index"]
+
+    def hold(cookie: str) -> int:
+        target = f"/v1/kv/edge-test/blocking-{uuid.uuid4().hex}?index={index}&wait=6s"
+        return edge_request(ui_url, "GET", target, [("Cookie", cookie)])[0]
+
+    # Each request of the reader's session spelled anew (a junk split cookie
+    # beside the real one): nginx counts the session the exchange verified.
+    spelled = [f"{sessions['reader']}; {SESSION_COOKIE}_0={uuid.uuid4().hex[:16]}"
+               for _ in range(cap + 8)]
+    with ThreadPoolExecutor(max_workers=cap + 12) as pool:
+        reader = [pool.submit(hold, cookie) for cookie in spelled]
+        # Control: another session's long polls are not counted with the reader's.
+        other = [pool.submit(hold, sessions["operator"]) for _ in range(4)]
+        codes = [f.result(timeout=60) for f in reader]
+        others = [f.result(timeout=60) for f in other]
+    # A held query on a key that does not exist ends with 404 after its wait.
+    codes = ["held" if code in (200, 404) else code for code in codes]
+    others = ["held" if code in (200, 404) else code for code in others]
+    counted = {code: codes.count(code) for code in set(codes)}
+    print(f"{cap + 8} blocking queries of one session in {cap + 8} spellings: {counted}; "
+          f"another session's: {others}")
+    record_figures("blocking queries per session", cap=cap, sent=cap + 8, **{f"status_{k}": v
+                                                                             for k, v in counted.items()})
+    assert counted == {"held": cap, 429: 8}, counted
+    assert others == ["held"] * 4
+    for cookie in sessions.values():
+        client().post(f"{ui_url}/oauth2/sign_out", headers={"Cookie": cookie, "Origin": ui_url},
+                      allow_redirects=False)

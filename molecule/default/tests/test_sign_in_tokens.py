@@ -482,6 +482,12 @@ def test_with_the_exchange_down_the_edge_shows_an_error_and_nothing_reaches_cons
         page = session.get(f"{BASE_URL}/ui/{marker}", allow_redirects=False)
         assert page.status_code == 503 and "Consul access is unavailable" in page.text
         assert page.headers.get("Strict-Transport-Security")
+        # A sign-out the exchange cannot record says so and keeps the cookie:
+        # clearing it would only look like a sign-out.
+        refused = session.post(f"{BASE_URL}/oauth2/sign_out", headers={"Origin": BASE_URL},
+                               allow_redirects=False)
+        assert refused.status_code == 503 and "Sign-out is unavailable" in refused.text
+        assert "set-cookie" not in {name.lower() for name in refused.headers}
         # The journal takes the lines a moment after the answers.
         deadline = time.monotonic() + 10
         while len(lines := [line for line in access_log(edge, 50) if marker in line]) < 2:
