@@ -701,7 +701,7 @@ class SignOutHandler(Handler):
             try:
                 await self.exchange.sign_out(pairs, self.forwarded())
             except Upstream as err:
-                # nginx lets oauth2-proxy clear the cookie all the same.
+                # nginx then says sign-out is unavailable and keeps the cookie.
                 LOG.error("cannot record a sign-out: %r", str(err))
                 self.set_status(503)
                 return
